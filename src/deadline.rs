@@ -1,0 +1,161 @@
+//! Deadline arithmetic for one exchange.
+//!
+//! Owns the budget model: `total` runs from the moment the filter sees the
+//! request headers until the response headers leave; `response` bounds the
+//! upstream's answer once the request is fully received. Never reads a clock:
+//! callers pass times in, so every rule is testable to the millisecond.
+
+use crate::policy::{Millis, TimeoutClass};
+
+/// Where an exchange is, as far as its deadline cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// The client is still sending the request (headers seen, body not done).
+    ReceivingRequest,
+    /// The request is complete; waiting for the upstream's response headers.
+    AwaitingResponse,
+    /// Response headers have left (or a local reply was sent): no deadline.
+    Responded,
+}
+
+/// What a passed deadline means for the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadlineHit {
+    /// `total` passed while the client was still sending: 408 `request_timeout`.
+    RequestTimeout,
+    /// The upstream did not answer in time: 504 `upstream_timeout`.
+    UpstreamTimeout,
+}
+
+impl DeadlineHit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadlineHit::RequestTimeout => "request_timeout",
+            DeadlineHit::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+}
+
+/// The budget of one exchange, fixed when its headers arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
+    started_ms: u64,
+    total: Millis,
+    response: Millis,
+}
+
+impl Deadline {
+    pub fn start(class: &TimeoutClass, now_ms: u64) -> Deadline {
+        Deadline {
+            started_ms: now_ms,
+            total: class.total,
+            response: class.response,
+        }
+    }
+
+    /// The time at which the whole exchange must be over.
+    pub fn total_deadline_ms(&self) -> u64 {
+        self.started_ms.saturating_add(self.total.as_ms())
+    }
+
+    /// Time left of `total` at `now_ms`.
+    pub fn remaining(&self, now_ms: u64) -> Millis {
+        Millis(self.total_deadline_ms().saturating_sub(now_ms))
+    }
+
+    /// The upstream's budget when the request completes at `now_ms`:
+    /// `min(response, total - elapsed)`, never below 1 ms (0 would mean
+    /// "no timeout" to Envoy's router).
+    pub fn upstream_budget(&self, now_ms: u64) -> Millis {
+        Millis(self.response.min(self.remaining(now_ms)).as_ms().max(1))
+    }
+
+    /// When the upgrade of a WebSocket must have been answered: the class
+    /// bounds the upgrade only, never the established connection.
+    pub fn upgrade_deadline_ms(&self) -> u64 {
+        self.started_ms.saturating_add(self.response.as_ms())
+    }
+
+    /// What a deadline timer firing in `phase` means; `None` when the
+    /// exchange is already answered and the timer is stale.
+    pub fn hit_in(phase: Phase) -> Option<DeadlineHit> {
+        match phase {
+            Phase::ReceivingRequest => Some(DeadlineHit::RequestTimeout),
+            Phase::AwaitingResponse => Some(DeadlineHit::UpstreamTimeout),
+            Phase::Responded => None,
+        }
+    }
+}
+
+/// Formats a millisecond count for a header value without allocating more
+/// than the returned string.
+pub fn header_value(ms: Millis) -> String {
+    ms.as_ms().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class(total: u64, response: u64) -> TimeoutClass {
+        TimeoutClass {
+            name: "c".into(),
+            total: Millis(total),
+            response: Millis(response),
+        }
+    }
+
+    #[test]
+    fn budget_for_a_request_complete_with_its_headers_is_the_response_budget() {
+        let d = Deadline::start(&class(120_000, 55_000), 1_000);
+        assert_eq!(d.upstream_budget(1_000), Millis(55_000));
+    }
+
+    #[test]
+    fn budget_shrinks_once_the_upload_eats_into_total() {
+        let d = Deadline::start(&class(120_000, 55_000), 0);
+        assert_eq!(d.upstream_budget(60_000), Millis(55_000));
+        assert_eq!(d.upstream_budget(65_000), Millis(55_000));
+        assert_eq!(d.upstream_budget(100_000), Millis(20_000));
+    }
+
+    #[test]
+    fn budget_never_reaches_zero() {
+        let d = Deadline::start(&class(1_000, 1_000), 0);
+        assert_eq!(d.upstream_budget(1_000), Millis(1));
+        assert_eq!(d.upstream_budget(50_000), Millis(1));
+    }
+
+    #[test]
+    fn single_duration_class_means_total_equals_response() {
+        let d = Deadline::start(&class(30_000, 30_000), 500);
+        assert_eq!(d.total_deadline_ms(), 30_500);
+        assert_eq!(d.upstream_budget(10_500), Millis(20_000));
+        assert_eq!(d.remaining(30_600), Millis(0));
+    }
+
+    #[test]
+    fn upgrade_is_bounded_by_response() {
+        let d = Deadline::start(&class(120_000, 5_000), 100);
+        assert_eq!(d.upgrade_deadline_ms(), 5_100);
+    }
+
+    #[test]
+    fn hit_depends_on_phase() {
+        assert_eq!(
+            Deadline::hit_in(Phase::ReceivingRequest),
+            Some(DeadlineHit::RequestTimeout)
+        );
+        assert_eq!(
+            Deadline::hit_in(Phase::AwaitingResponse),
+            Some(DeadlineHit::UpstreamTimeout)
+        );
+        assert_eq!(Deadline::hit_in(Phase::Responded), None);
+    }
+
+    #[test]
+    fn saturates_instead_of_overflowing() {
+        let d = Deadline::start(&class(u64::MAX, u64::MAX), u64::MAX - 1);
+        assert_eq!(d.total_deadline_ms(), u64::MAX);
+    }
+}

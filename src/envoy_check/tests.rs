@@ -1,0 +1,791 @@
+//! Each check on a tiny Envoy config, then the command line on the fixtures in
+//! `tests/fixtures/validate/`.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use super::*;
+
+// ---------------------------------------------------------------------------
+// Builders: a clean bootstrap and policy, then one change per test.
+
+fn policy() -> Value {
+    json!({
+        "routes": [
+            {"name": "courses", "prefix": "/api/courses", "cluster": "course_service", "methods": ["GET", "POST"]},
+            {"name": "events", "prefix": "/ws/events", "cluster": "event_service", "websocket": true}
+        ],
+        "unknown_route": "reject",
+        "timeouts": {"classes": {"standard": "30s"}, "default_class": "standard"},
+        "websocket": {"idle_timeout": "60s"}
+    })
+}
+
+fn wasm_filter() -> Value {
+    json!({
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "edge_guard",
+                "root_id": "edge_guard",
+                "vm_config": {"vm_id": "edge_guard", "runtime": "envoy.wasm.runtime.v8",
+                              "code": {"local": {"filename": "/etc/envoy/edge_guard.wasm"}}},
+                "failure_policy": "FAIL_CLOSED"
+            }
+        }
+    })
+}
+
+fn router() -> Value {
+    json!({"name": "envoy.filters.http.router",
+           "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
+}
+
+fn envoy_routes() -> Value {
+    json!([
+        {"match": {"prefix": "/api/courses"}, "route": {"cluster": "course_service", "timeout": "30s"}},
+        {"match": {"prefix": "/ws/events"},
+         "route": {"cluster": "event_service", "upgrade_configs": [{"upgrade_type": "websocket"}]}}
+    ])
+}
+
+fn hcm_with(routes: Value) -> Value {
+    json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "ingress",
+        "request_headers_timeout": "10s",
+        "route_config": {"name": "local", "virtual_hosts": [{"name": "backend", "domains": ["*"], "routes": routes}]},
+        "http_filters": [wasm_filter(), router()]
+    })
+}
+
+fn listener(name: &str, hcm: Value) -> Value {
+    json!({"name": name, "filter_chains": [{"filters": [
+        {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+    ]}]})
+}
+
+fn bootstrap_with(hcm: Value) -> Value {
+    json!({"static_resources": {
+        "listeners": [listener("main", hcm)],
+        "clusters": [{"name": "course_service"}, {"name": "event_service"}]
+    }})
+}
+
+fn good() -> Value {
+    bootstrap_with(hcm_with(envoy_routes()))
+}
+
+fn hcm_of(envoy: &mut Value) -> &mut Value {
+    &mut envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+}
+
+fn wasm_config_of(envoy: &mut Value) -> &mut Value {
+    &mut hcm_of(envoy)["http_filters"][0]["typed_config"]["config"]
+}
+
+fn check(envoy: &Value, policy: &Value) -> Report {
+    let text = policy.to_string();
+    validate(
+        envoy,
+        &Options {
+            policy: Some(text.as_bytes()),
+            host: None,
+        },
+    )
+    .unwrap()
+}
+
+fn findings<'r>(report: &'r Report, id: &str) -> Vec<&'r Finding> {
+    report.findings.iter().filter(|f| f.id == id).collect()
+}
+
+/// The single finding with `id`, for assertions on its text.
+fn only(report: &Report, id: &str) -> Finding {
+    let found = findings(report, id);
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one {id}, got:\n{}",
+        report.to_text()
+    );
+    found[0].clone()
+}
+
+// ---------------------------------------------------------------------------
+
+#[test]
+fn clean_config_has_no_findings() {
+    let report = check(&good(), &policy());
+    assert!(report.findings.is_empty(), "{}", report.to_text());
+    assert!(report.ok());
+}
+
+#[test]
+fn cluster_missing_names_the_routes_and_the_known_clusters() {
+    let mut envoy = good();
+    envoy["static_resources"]["clusters"] = json!([{"name": "course_service"}]);
+    let report = check(&envoy, &policy());
+    let f = only(&report, "cluster_missing");
+    assert_eq!(f.severity, Severity::Error);
+    assert_eq!(f.policy_route.as_deref(), Some("routes[1] \"events\""));
+    assert!(
+        f.message.contains("\"event_service\"") && f.message.contains("\"course_service\""),
+        "{}",
+        f.message
+    );
+}
+
+#[test]
+fn route_wrong_cluster_when_an_earlier_envoy_route_wins() {
+    let mut routes = envoy_routes();
+    routes.as_array_mut().unwrap().insert(
+        0,
+        json!({"match": {"prefix": "/api"}, "route": {"cluster": "legacy"}}),
+    );
+    let report = check(&bootstrap_with(hcm_with(routes)), &policy());
+    let f = findings(&report, "route_wrong_cluster");
+    assert_eq!(f.len(), 1, "{}", report.to_text());
+    assert_eq!(f[0].policy_route.as_deref(), Some("routes[0] \"courses\""));
+    assert!(
+        f[0].message.contains("cluster \"legacy\"") && f[0].message.contains("\"course_service\""),
+        "{}",
+        f[0].message
+    );
+    assert_eq!(
+        f[0].envoy_object.as_deref(),
+        Some("listener \"main\" route_config \"local\" virtual_host \"backend\" routes[0]")
+    );
+}
+
+#[test]
+fn route_wrong_cluster_for_one_method_only() {
+    let mut routes = envoy_routes();
+    routes.as_array_mut().unwrap().insert(
+        0,
+        json!({"match": {"prefix": "/api/courses", "headers": [{"name": ":method", "string_match": {"exact": "POST"}}]},
+               "route": {"cluster": "writer"}}),
+    );
+    let report = check(&bootstrap_with(hcm_with(routes)), &policy());
+    let f = only(&report, "route_wrong_cluster");
+    assert!(f.message.contains("POST /api/courses"), "{}", f.message);
+}
+
+#[test]
+fn route_wrong_cluster_from_the_envoy_side() {
+    let mut routes = envoy_routes();
+    routes.as_array_mut().unwrap().insert(
+        0,
+        json!({"match": {"prefix": "/api/courses/admin"}, "route": {"cluster": "admin_service"}}),
+    );
+    let mut envoy = bootstrap_with(hcm_with(routes));
+    envoy["static_resources"]["clusters"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "admin_service"}));
+    let report = check(&envoy, &policy());
+    let f = only(&report, "route_wrong_cluster");
+    assert_eq!(f.policy_route.as_deref(), Some("routes[0] \"courses\""));
+    assert!(
+        f.message.contains("/api/courses/admin") && f.message.contains("admin_service"),
+        "{}",
+        f.message
+    );
+}
+
+#[test]
+fn route_unrouted_when_nothing_matches_or_envoy_answers_itself() {
+    let routes = json!([
+        {"match": {"prefix": "/ws/events"}, "route": {"cluster": "event_service", "upgrade_configs": [{"upgrade_type": "websocket"}]}},
+        {"match": {"path": "/api/courses"}, "direct_response": {"status": 503}}
+    ]);
+    let report = check(&bootstrap_with(hcm_with(routes)), &policy());
+    let f = findings(&report, "route_unrouted");
+    assert_eq!(f.len(), 2, "{}", report.to_text());
+    assert!(f
+        .iter()
+        .any(|f| f.message.contains("direct_response with status 503")));
+    assert!(f.iter().any(
+        |f| f.message.contains("no route of virtual host \"backend\"")
+            && f.message.contains("/api/courses/x")
+    ));
+}
+
+#[test]
+fn header_matchers_do_not_match_a_plain_request_and_are_noted() {
+    let routes = json!([
+        {"match": {"prefix": "/api/courses", "headers": [{"name": "x-canary", "present_match": true}]},
+         "route": {"cluster": "course_service"}},
+        {"match": {"prefix": "/ws/events"}, "route": {"cluster": "event_service", "upgrade_configs": [{"upgrade_type": "websocket"}]}}
+    ]);
+    let report = check(&bootstrap_with(hcm_with(routes)), &policy());
+    let f = findings(&report, "route_unrouted");
+    assert!(!f.is_empty(), "{}", report.to_text());
+    assert!(
+        f[0].message.contains("requires header \"x-canary\""),
+        "{}",
+        f[0].message
+    );
+}
+
+#[test]
+fn simple_regexes_are_evaluated_and_others_are_warnings() {
+    let mut routes = envoy_routes();
+    routes[0]["match"] = json!({"safe_regex": {"regex": "/api/courses(/.*)?"}});
+    let report = check(&bootstrap_with(hcm_with(routes.clone())), &policy());
+    assert!(report.findings.is_empty(), "{}", report.to_text());
+
+    routes[0]["match"] = json!({"safe_regex": {"regex": "(?i)/api/courses.*"}});
+    let report = check(&bootstrap_with(hcm_with(routes)), &policy());
+    assert!(report.ok(), "{}", report.to_text());
+    assert!(!findings(&report, "regex_not_simulated").is_empty());
+}
+
+#[test]
+fn envoy_route_not_in_policy_is_an_error_only_when_unknown_routes_are_rejected() {
+    let mut routes = envoy_routes();
+    routes
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"match": {"prefix": "/admin"}, "route": {"cluster": "admin_service"}}));
+    let envoy = bootstrap_with(hcm_with(routes));
+    let report = check(&envoy, &policy());
+    let f = only(&report, "envoy_route_not_in_policy");
+    assert_eq!(f.severity, Severity::Error);
+    assert!(
+        f.message.contains("GET /admin") && f.message.contains("route_not_found"),
+        "{}",
+        f.message
+    );
+
+    let mut allow = policy();
+    allow["unknown_route"] = json!("allow");
+    assert_eq!(
+        only(&check(&envoy, &allow), "envoy_route_not_in_policy").severity,
+        Severity::Warning
+    );
+}
+
+#[test]
+fn shadowed_envoy_routes_are_reported() {
+    let mut routes = envoy_routes();
+    routes.as_array_mut().unwrap().push(
+        json!({"match": {"prefix": "/api/courses/x"}, "route": {"cluster": "course_service"}}),
+    );
+    let report = check(&bootstrap_with(hcm_with(routes)), &policy());
+    let f = only(&report, "envoy_route_shadowed");
+    assert!(f.message.contains("routes[0]"), "{}", f.message);
+}
+
+#[test]
+fn websocket_needs_an_upgrade_config_on_the_hcm_or_the_route() {
+    let mut routes = envoy_routes();
+    routes[1]["route"] = json!({"cluster": "event_service"});
+    let mut envoy = bootstrap_with(hcm_with(routes.clone()));
+    let report = check(&envoy, &policy());
+    let f = only(&report, "websocket_not_upgradeable");
+    assert_eq!(f.policy_route.as_deref(), Some("routes[1] \"events\""));
+
+    hcm_of(&mut envoy)["upgrade_configs"] = json!([{"upgrade_type": "WebSocket"}]);
+    assert!(findings(&check(&envoy, &policy()), "websocket_not_upgradeable").is_empty());
+
+    routes[1]["route"]["upgrade_configs"] =
+        json!([{"upgrade_type": "websocket", "enabled": false}]);
+    let mut envoy = bootstrap_with(hcm_with(routes));
+    hcm_of(&mut envoy)["upgrade_configs"] = json!([{"upgrade_type": "websocket"}]);
+    assert!(only(&check(&envoy, &policy()), "websocket_not_upgradeable")
+        .message
+        .contains("enabled: false"));
+}
+
+#[test]
+fn filter_missing_when_no_hcm_runs_edge_guard() {
+    let mut envoy = good();
+    hcm_of(&mut envoy)["http_filters"] = json!([router()]);
+    let report = check(&envoy, &policy());
+    let f = only(&report, "filter_missing");
+    assert_eq!(f.envoy_object.as_deref(), Some("listener \"main\""));
+}
+
+#[test]
+fn filter_after_router() {
+    let mut envoy = good();
+    hcm_of(&mut envoy)["http_filters"] = json!([router(), wasm_filter()]);
+    let f = only(&check(&envoy, &policy()), "filter_after_router");
+    assert!(f.message.contains("http_filters[1]"), "{}", f.message);
+}
+
+#[test]
+fn filter_needs_a_vm_id() {
+    let mut envoy = good();
+    wasm_config_of(&mut envoy)["vm_config"]["vm_id"] = json!("");
+    only(&check(&envoy, &policy()), "filter_no_vm_id");
+}
+
+#[test]
+fn filter_must_fail_closed() {
+    let mut envoy = good();
+    wasm_config_of(&mut envoy)["failure_policy"] = json!("FAIL_OPEN");
+    only(&check(&envoy, &policy()), "filter_fail_open");
+
+    let mut envoy = good();
+    wasm_config_of(&mut envoy)["fail_open"] = json!(true);
+    only(&check(&envoy, &policy()), "filter_fail_open");
+
+    let mut envoy = good();
+    wasm_config_of(&mut envoy)["failure_policy"] = json!("FAIL_RELOAD");
+    assert!(check(&envoy, &policy()).findings.is_empty());
+}
+
+#[test]
+fn edge_guard_is_recognised_by_its_code_file_alone() {
+    let mut envoy = good();
+    let config = wasm_config_of(&mut envoy);
+    config["name"] = json!("x");
+    config["root_id"] = json!("");
+    assert!(check(&envoy, &policy()).findings.is_empty());
+}
+
+#[test]
+fn websocket_upgrade_filters_without_edge_guard_bypass_it() {
+    let mut envoy = good();
+    hcm_of(&mut envoy)["upgrade_configs"] =
+        json!([{"upgrade_type": "websocket", "filters": [router()]}]);
+    let f = only(&check(&envoy, &policy()), "filter_missing");
+    assert!(f.message.contains("upgrade"), "{}", f.message);
+}
+
+#[test]
+fn a_listener_without_the_filter_that_reaches_policy_clusters_is_a_bypass() {
+    let mut envoy = good();
+    let mut plain = hcm_with(envoy_routes());
+    plain["http_filters"] = json!([router()]);
+    envoy["static_resources"]["listeners"]
+        .as_array_mut()
+        .unwrap()
+        .push(listener("plain_http", plain));
+    let f = only(&check(&envoy, &policy()), "filter_missing");
+    assert_eq!(f.envoy_object.as_deref(), Some("listener \"plain_http\""));
+}
+
+#[test]
+fn stream_idle_timeout_default_is_five_minutes() {
+    let mut long = policy();
+    long["timeouts"]["classes"] = json!({"standard": "30s", "slow": "10m"});
+    long["routes"][0]["timeout"] = json!("slow");
+    let mut envoy = good();
+    hcm_of(&mut envoy)["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["timeout"] =
+        json!("0s");
+    let report = check(&envoy, &long);
+    let f = only(&report, "hcm_stream_idle_timeout_short");
+    assert!(
+        f.message.contains("5m") || f.message.contains("300s"),
+        "{}",
+        f.message
+    );
+    assert!(
+        f.message.contains("Envoy's default") && f.message.contains("\"slow\""),
+        "{}",
+        f.message
+    );
+
+    hcm_of(&mut envoy)["stream_idle_timeout"] = json!("0s");
+    assert!(check(&envoy, &long).findings.is_empty());
+}
+
+#[test]
+fn stream_idle_timeout_overridden_by_the_route() {
+    let mut envoy = good();
+    hcm_of(&mut envoy)["stream_idle_timeout"] = json!("10s");
+    hcm_of(&mut envoy)["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["idle_timeout"] =
+        json!("60s");
+    let report = check(&envoy, &policy());
+    // courses is covered by its route's idle_timeout; events is not.
+    let f = only(&report, "hcm_stream_idle_timeout_short");
+    assert!(
+        f.message.contains("events") && !f.message.contains("courses"),
+        "{}",
+        f.message
+    );
+
+    hcm_of(&mut envoy)["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["idle_timeout"] =
+        json!("5s");
+    only(&check(&envoy, &policy()), "route_idle_timeout_short");
+}
+
+#[test]
+fn request_timeout_shorter_than_total() {
+    let mut envoy = good();
+    hcm_of(&mut envoy)["request_timeout"] = json!("12.5s");
+    let f = only(&check(&envoy, &policy()), "hcm_request_timeout_short");
+    assert!(
+        f.message.contains("12500ms") && f.message.contains("30s"),
+        "{}",
+        f.message
+    );
+}
+
+#[test]
+fn request_headers_timeout_missing_is_a_warning() {
+    let mut envoy = good();
+    hcm_of(&mut envoy)
+        .as_object_mut()
+        .unwrap()
+        .remove("request_headers_timeout");
+    let report = check(&envoy, &policy());
+    assert_eq!(
+        only(&report, "request_headers_timeout_missing").severity,
+        Severity::Warning
+    );
+    assert!(report.ok());
+}
+
+#[test]
+fn route_timeout_default_is_fifteen_seconds_and_only_a_warning() {
+    let mut envoy = good();
+    hcm_of(&mut envoy)["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
+        .as_object_mut()
+        .unwrap()
+        .remove("timeout");
+    let report = check(&envoy, &policy());
+    let f = only(&report, "route_timeout_short");
+    assert_eq!(f.severity, Severity::Warning);
+    assert!(
+        f.message.contains("15s (Envoy's default)")
+            && f.message.contains("x-envoy-upstream-rq-timeout-ms"),
+        "{}",
+        f.message
+    );
+    assert!(report.ok());
+}
+
+#[test]
+fn websocket_idle_cut() {
+    let mut envoy = good();
+    hcm_of(&mut envoy)["route_config"]["virtual_hosts"][0]["routes"][1]["route"]["idle_timeout"] =
+        json!("45s");
+    let mut p = policy();
+    p["timeouts"]["classes"]["standard"] = json!("30s");
+    let f = only(&check(&envoy, &p), "websocket_idle_cut");
+    assert!(
+        f.message.contains("45s") && f.message.contains("websocket.idle_timeout"),
+        "{}",
+        f.message
+    );
+
+    let mut envoy = good();
+    hcm_of(&mut envoy)["common_http_protocol_options"] = json!({"max_stream_duration": "3600s"});
+    p["websocket"]["max_duration"] = json!("2h");
+    let f = only(&check(&envoy, &p), "websocket_idle_cut");
+    assert!(f.message.contains("max_stream_duration"), "{}", f.message);
+}
+
+#[test]
+fn policy_invalid_reports_the_load_balancer_rule() {
+    let mut p = policy();
+    p["timeouts"]["load_balancer_idle_timeout"] = json!("30s");
+    let report = check(&good(), &p);
+    let f = only(&report, "policy_invalid");
+    assert!(
+        f.message.contains("load_balancer_idle_timeout"),
+        "{}",
+        f.message
+    );
+    // The filter checks still ran; nothing else needs the policy.
+    assert_eq!(report.findings.len(), 1);
+}
+
+#[test]
+fn embedded_policy_is_used_and_compared() {
+    let mut envoy = good();
+    wasm_config_of(&mut envoy)["configuration"] = json!({"@type": "type.googleapis.com/google.protobuf.StringValue", "value": policy().to_string()});
+    let report = validate(&envoy, &Options::default()).unwrap();
+    assert!(report.findings.is_empty(), "{}", report.to_text());
+    assert!(report.policy_source.contains("listener \"main\""));
+
+    let mut other = policy();
+    other["unknown_route"] = json!("allow");
+    only(&check(&envoy, &other), "policy_differs");
+}
+
+#[test]
+fn no_policy_at_all_is_a_usage_problem() {
+    let e = validate(&good(), &Options::default()).unwrap_err();
+    assert!(e.contains("--policy"), "{e}");
+}
+
+#[test]
+fn host_selection() {
+    let mut envoy = good();
+    hcm_of(&mut envoy)["route_config"]["virtual_hosts"][0]["domains"] = json!(["api.example.com"]);
+    let report = check(&envoy, &policy());
+    only(&report, "host_assumed");
+
+    let text = policy().to_string();
+    let options = Options {
+        policy: Some(text.as_bytes()),
+        host: Some("www.example.com"),
+    };
+    let report = validate(&envoy, &options).unwrap();
+    assert_eq!(
+        findings(&report, "route_unrouted").len(),
+        2,
+        "{}",
+        report.to_text()
+    );
+    let options = Options {
+        policy: Some(text.as_bytes()),
+        host: Some("api.example.com"),
+    };
+    assert!(validate(&envoy, &options).unwrap().findings.is_empty());
+}
+
+#[test]
+fn rds_route_config_missing_from_a_dump_is_an_error() {
+    let mut hcm = hcm_with(envoy_routes());
+    hcm.as_object_mut().unwrap().remove("route_config");
+    hcm["rds"] = json!({"route_config_name": "missing", "config_source": {"ads": {}}});
+    let dump = json!({"configs": [
+        {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
+         "dynamic_listeners": [{"name": "main", "active_state": {"listener": listener("main", hcm)}}]},
+        {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
+         "dynamic_active_clusters": [{"cluster": {"name": "course_service"}}, {"cluster": {"name": "event_service"}}]}
+    ]});
+    let report = check(&dump, &policy());
+    assert_eq!(
+        only(&report, "route_config_missing").severity,
+        Severity::Error
+    );
+}
+
+#[test]
+fn text_and_json_output() {
+    let mut envoy = good();
+    envoy["static_resources"]["clusters"] = json!([{"name": "course_service"}]);
+    hcm_of(&mut envoy)
+        .as_object_mut()
+        .unwrap()
+        .remove("request_headers_timeout");
+    let report = check(&envoy, &policy());
+    let text = report.to_text();
+    assert!(
+        text.starts_with("error[cluster_missing] routes[1] \"events\": cluster \"event_service\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nwarning[request_headers_timeout_missing] listener \"main\": "),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("1 error, 1 warning (policy from --policy)\n"),
+        "{text}"
+    );
+    let v = report.to_json();
+    assert_eq!(v["ok"], json!(false));
+    assert_eq!(
+        (v["errors"].clone(), v["warnings"].clone()),
+        (json!(1), json!(1))
+    );
+    assert_eq!(
+        v["findings"][0]["policy_route"],
+        json!("routes[1] \"events\"")
+    );
+    assert_eq!(v["findings"][1]["envoy_object"], json!("listener \"main\""));
+    assert!(v["findings"][1].get("policy_route").is_none());
+}
+
+// ---------------------------------------------------------------------------
+// The command line, on the fixtures.
+
+fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+fn fixture(name: &str) -> String {
+    repo_path(&format!("tests/fixtures/validate/{name}"))
+        .display()
+        .to_string()
+}
+
+/// The binary's document parser (YAML needs the `cli` feature).
+fn parse_envoy(text: &str) -> Result<Value, String> {
+    #[cfg(feature = "cli")]
+    {
+        let yaml: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        serde_json::to_value(yaml).map_err(|e| e.to_string())
+    }
+    #[cfg(not(feature = "cli"))]
+    parse_json_document(text)
+}
+
+fn run_with(args: &[&str]) -> RunOutput {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    run(&args, &parse_envoy)
+}
+
+/// `edge-guard-validate --envoy <repo>/<envoy> --policy <repo>/<policy>` must
+/// report nothing at all. For the shipped config:
+/// `assert_validates_clean("envoy/envoy.yaml", "envoy/policy.json");`
+#[allow(dead_code)] // used once the repo ships envoy/envoy.yaml
+fn assert_validates_clean(envoy: &str, policy: &str) {
+    let envoy = repo_path(envoy).display().to_string();
+    let policy = repo_path(policy).display().to_string();
+    let out = run_with(&["--envoy", &envoy, "--policy", &policy]);
+    assert_eq!(out.stderr, "");
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "0 errors, 0 warnings (policy from --policy)\n")
+    );
+}
+
+#[test]
+fn cli_usage_problems_exit_2() {
+    let out = run_with(&[]);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("--envoy is required") && out.stderr.contains("usage:"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(run_with(&["--bogus"]).code, 2);
+    assert_eq!(run_with(&["--help"]).code, 0);
+    let out = run_with(&[
+        "--envoy",
+        &fixture("does_not_exist.yaml"),
+        "--policy",
+        &fixture("policy.json"),
+    ]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("cannot read"), "{}", out.stderr);
+    let out = run_with(&[
+        "--envoy",
+        &fixture("policy.json"),
+        "--policy",
+        &fixture("policy.json"),
+    ]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("config_dump"), "{}", out.stderr);
+}
+
+#[test]
+fn cli_config_dump_sample_validates_clean() {
+    let out = run_with(&[
+        "--envoy",
+        &fixture("config_dump.json"),
+        "--policy",
+        &fixture("policy.json"),
+    ]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "0 errors, 0 warnings (policy from --policy)\n")
+    );
+}
+
+#[test]
+fn cli_json_output() {
+    let out = run_with(&[
+        "--envoy",
+        &fixture("config_dump.json"),
+        "--policy",
+        &fixture("policy_lb_rule.json"),
+        "--json",
+    ]);
+    assert_eq!(out.code, 1);
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["ok"], json!(false));
+    assert_eq!(v["findings"][0]["id"], json!("policy_invalid"));
+}
+
+#[cfg(feature = "cli")]
+mod yaml_fixtures {
+    use super::*;
+
+    fn ids_of(envoy: &str, extra: &[&str]) -> (u8, String) {
+        let envoy = fixture(envoy);
+        let policy = fixture("policy.json");
+        let mut args = vec!["--envoy", envoy.as_str()];
+        if !extra.contains(&"--no-policy") {
+            args.extend(["--policy", policy.as_str()]);
+        }
+        args.extend(extra.iter().filter(|a| **a != "--no-policy"));
+        let out = run_with(&args);
+        assert_eq!(out.stderr, "");
+        (out.code, out.stdout)
+    }
+
+    #[test]
+    fn good_bootstrap_validates_clean() {
+        let (code, stdout) = ids_of("good.yaml", &[]);
+        assert_eq!(
+            (code, stdout.as_str()),
+            (0, "0 errors, 0 warnings (policy from --policy)\n")
+        );
+    }
+
+    #[test]
+    fn embedded_policy_is_used_without_policy_flag() {
+        let (code, stdout) = ids_of("embedded_policy.yaml", &["--no-policy"]);
+        assert_eq!(code, 0, "{stdout}");
+        assert!(stdout.ends_with("0 errors, 0 warnings (policy from the edge_guard filter's configuration in listener \"main\")\n"), "{stdout}");
+    }
+
+    /// One fixture per check: each yields its finding, and only the expected ones.
+    #[test]
+    fn each_bad_fixture_reports_its_check() {
+        let cases: &[(&str, u8, &[&str])] = &[
+            ("cluster_missing.yaml", 1, &["cluster_missing"]),
+            ("route_wrong_cluster.yaml", 1, &["route_wrong_cluster"]),
+            ("route_unrouted.yaml", 1, &["route_unrouted"]),
+            (
+                "envoy_route_not_in_policy.yaml",
+                1,
+                &["envoy_route_not_in_policy"],
+            ),
+            (
+                "websocket_not_upgradeable.yaml",
+                1,
+                &["websocket_not_upgradeable"],
+            ),
+            ("filter_missing.yaml", 1, &["filter_missing"]),
+            ("filter_after_router.yaml", 1, &["filter_after_router"]),
+            ("filter_no_vm_id.yaml", 1, &["filter_no_vm_id"]),
+            ("filter_fail_open.yaml", 1, &["filter_fail_open"]),
+            // A 10s stream idle timeout also cuts quiet WebSockets.
+            (
+                "hcm_stream_idle_timeout_short.yaml",
+                1,
+                &["hcm_stream_idle_timeout_short", "websocket_idle_cut"],
+            ),
+            (
+                "hcm_request_timeout_short.yaml",
+                1,
+                &["hcm_request_timeout_short"],
+            ),
+            (
+                "request_headers_timeout_missing.yaml",
+                0,
+                &["request_headers_timeout_missing"],
+            ),
+            ("route_timeout_short.yaml", 0, &["route_timeout_short"]),
+            ("websocket_idle_cut.yaml", 0, &["websocket_idle_cut"]),
+        ];
+        for (file, code, expected) in cases {
+            let (got_code, stdout) = ids_of(file, &[]);
+            let ids: Vec<&str> = stdout
+                .lines()
+                .filter_map(|l| {
+                    l.split_once('[')
+                        .and_then(|(_, rest)| rest.split_once(']'))
+                        .map(|(id, _)| id)
+                })
+                .collect();
+            assert_eq!(
+                (got_code, &ids[..]),
+                (*code, *expected),
+                "{file}:\n{stdout}"
+            );
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Host calls wrapped once: shared data as a `SharedStore`, the clock,
+//! headers, properties and local replies, with host statuses turned into
+//! values instead of panics wherever the SDK allows it.
+
+use std::time::UNIX_EPOCH;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, MapType, Status};
+
+use crate::reply::LocalReply;
+use crate::shared_store::{SharedStore, StoreError};
+
+/// Envoy's shared data for this `vm_id`.
+pub struct HostStore;
+
+impl SharedStore for HostStore {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(value), Some(cas))) => Ok(Some((value, cas))),
+            // A key that exists with an empty value.
+            Ok((None, Some(cas))) => Ok(Some((Vec::new(), cas))),
+            Ok((_, None)) => Ok(None),
+            Err(status) => Err(StoreError::Host(status as u32)),
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        let cas = (cas != 0).then_some(cas);
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(StoreError::CasMismatch),
+            Err(status) => Err(StoreError::Host(status as u32)),
+        }
+    }
+}
+
+/// Milliseconds since the epoch, from Envoy's clock.
+pub fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A request header as text. Read as bytes: the SDK's `String` variant
+/// panics (and so kills the VM) on a value that is not UTF-8, which any
+/// client can send. Only valid during request callbacks.
+pub fn request_header(name: &str) -> Option<String> {
+    header_text(MapType::HttpRequestHeaders, name)
+}
+
+/// A response header as text; only valid during response callbacks.
+pub fn response_header(name: &str) -> Option<String> {
+    header_text(MapType::HttpResponseHeaders, name)
+}
+
+fn header_text(map: MapType, name: &str) -> Option<String> {
+    let bytes = hostcalls::get_map_value_bytes(map, name).ok().flatten()?;
+    Some(match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    })
+}
+
+pub fn set_request_header(name: &str, value: Option<&str>) {
+    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
+}
+
+pub fn set_response_header(name: &str, value: Option<&str>) {
+    let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value);
+}
+
+/// A property as UTF-8 text (`xds.cluster_name`, `source.address`, ...).
+pub fn property_text(path: Vec<&str>) -> Option<String> {
+    hostcalls::get_property(path)
+        .ok()
+        .flatten()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+}
+
+pub fn send_reply(reply: &LocalReply) {
+    let headers: Vec<(&str, &str)> = reply
+        .headers
+        .iter()
+        .map(|(name, value)| (*name, value.as_str()))
+        .collect();
+    let _ = hostcalls::send_http_response(reply.status, headers, Some(reply.body.as_bytes()));
+}
+
+pub fn body_bytes(buffer: BufferType, start: usize, len: usize) -> Option<Vec<u8>> {
+    hostcalls::get_buffer(buffer, start, len).ok().flatten()
+}
+
+pub fn replace_body(buffer: BufferType, start: usize, len: usize, value: &[u8]) {
+    let _ = hostcalls::set_buffer(buffer, start, len, value);
+}

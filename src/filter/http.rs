@@ -1,0 +1,727 @@
+//! The HTTP context: one per request (or WebSocket connection).
+//!
+//! Owns the order of the per-request decisions — status endpoint, route
+//! table, Envoy cross-check, health, deadline or WebSocket admission — and
+//! carries each out with as few host calls as it can. A plain GET on a known
+//! route costs: two header reads and the upgrade check, one property read,
+//! the deadline header set and three header removals, one clock read per
+//! end, the `:status` read and one histogram record.
+
+use std::rc::Rc;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, BufferType};
+
+use crate::deadline::{header_value, Deadline, DeadlineHit, Phase};
+use crate::policy::cidr::ip_of_socket_address;
+use crate::policy::{Identity, OnMismatch, Route, UnknownRoute};
+use crate::reply::{error_body, ErrorCode, LocalReply};
+use crate::routing::{Method, RouteMatch};
+use crate::status::{self, RouteMismatch, StatusSnapshot};
+use crate::websocket::frame::ChunkSource;
+use crate::websocket::monitor::{close_frame, ConnectionMonitor, Direction, Verdict};
+use crate::websocket::slots::{self, AdmissionRequest, Rejection};
+
+use super::host::{self, HostStore};
+use super::metrics;
+use super::worker::{WatchKind, Watched, WatchedRef, WebSocketStream, Worker, WsPhase};
+
+/// Headers a client could use to change its own deadline. Removed before
+/// routing; the filter sets the first one itself.
+const CLIENT_DEADLINE_HEADERS: [&str; 3] = [
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-upstream-rq-timeout-alt-response",
+];
+pub const UPSTREAM_TIMEOUT_MESSAGE: &str =
+    "the upstream did not answer within the request's deadline";
+pub const REQUEST_TIMEOUT_MESSAGE: &str = "the request was not received within its deadline";
+const ROUTER_TIMEOUT_HEADER: &str = "x-envoy-upstream-rq-timeout-ms";
+/// `response.code_details` of the router's own timeout reply (Envoy 1.40
+/// says `response_timeout`; older releases `upstream_response_timeout`).
+const ROUTER_TIMEOUT_DETAILS: [&str; 2] = ["response_timeout", "upstream_response_timeout"];
+/// After a limit is broken the close handshake gets this long before the
+/// stream is reset (the brief: torn down within 1 s, tick lateness included).
+const CLOSE_GRACE_MS: u64 = 800;
+/// Seconds a client is told to wait after a capacity rejection.
+const CAPACITY_RETRY_AFTER: &str = "5";
+/// Chunks up to this size are read whole; larger ones only where frame
+/// headers lie.
+const WHOLE_CHUNK_BYTES: usize = 4096;
+
+pub struct EdgeGuardHttp {
+    id: u32,
+    worker: Rc<Worker>,
+    route: Option<usize>,
+    /// When the headers arrived (ms), for the duration histogram; 0 = not timed.
+    started_ms: u64,
+    watched: Option<WatchedRef>,
+    /// Envoy's router timed out: replace its plain-text body with ours.
+    rewrite_timeout_body: bool,
+    /// `x-request-id`, kept from the request headers: Envoy 1.40 gives no
+    /// access to request headers (nor `request.id`) in later callbacks.
+    request_id: Option<String>,
+}
+
+impl EdgeGuardHttp {
+    pub fn new(id: u32, worker: Rc<Worker>) -> Self {
+        EdgeGuardHttp {
+            id,
+            worker,
+            route: None,
+            started_ms: 0,
+            watched: None,
+            rewrite_timeout_body: false,
+            request_id: None,
+        }
+    }
+
+    fn reject(
+        &self,
+        code: ErrorCode,
+        message: &str,
+        extra: Option<(&'static str, String)>,
+    ) -> Action {
+        metrics::increment(self.worker.metrics.rejected(code), 1);
+        let request_id = host::request_header("x-request-id");
+        let mut reply = LocalReply::error(code, message, request_id.as_deref());
+        if let Some((name, value)) = extra {
+            reply = reply.with_header(name, value);
+        }
+        log::debug!("#{} {} ({})", self.id, code.as_str(), message);
+        host::send_reply(&reply);
+        Action::Pause
+    }
+
+    fn source_may_see_status(&self) -> bool {
+        let policy = &self.worker.policy;
+        host::property_text(vec!["source", "address"])
+            .and_then(|addr| ip_of_socket_address(&addr))
+            .is_some_and(|ip| policy.status.allow.iter().any(|cidr| cidr.contains(ip)))
+    }
+
+    fn serve_status(&self) -> Action {
+        let policy = &self.worker.policy;
+        let ws_routes: Vec<&str> = policy
+            .routes
+            .iter()
+            .filter(|r| r.websocket)
+            .map(|r| r.name.as_str())
+            .collect();
+        let mut snapshot = StatusSnapshot {
+            cluster_health: self.worker.health.borrow().clone(),
+            ..StatusSnapshot::default()
+        };
+        match slots::read_counts(&HostStore, &ws_routes) {
+            Ok(counts) => {
+                snapshot.websocket_active = u64::from(counts.instance);
+                snapshot.websocket_active_by_route = policy
+                    .routes
+                    .iter()
+                    .map(|r| {
+                        counts
+                            .routes
+                            .iter()
+                            .find(|(name, _)| *name == r.name)
+                            .map_or(0, |(_, n)| u64::from(*n))
+                    })
+                    .collect();
+            }
+            Err(e) => log::warn!("edge-guard: reading websocket counts: {e}"),
+        }
+        for (i, route) in policy.routes.iter().enumerate() {
+            if let Some(cluster) = read_mismatch(route) {
+                snapshot.route_mismatches.push(RouteMismatch {
+                    route: i,
+                    envoy_cluster: cluster,
+                });
+            }
+        }
+        host::send_reply(&LocalReply::json(status::render(policy, &snapshot)));
+        Action::Pause
+    }
+
+    /// Envoy chose another cluster than the policy declares: count it, log it
+    /// once per route for the whole instance, and say whether to reject.
+    fn envoy_disagrees(&self, id: usize, route: &Route) -> bool {
+        let chosen = hostcalls::get_property(vec!["xds", "cluster_name"])
+            .ok()
+            .flatten();
+        if chosen.as_deref() == Some(route.cluster.as_bytes()) {
+            return false;
+        }
+        let chosen = chosen
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        if let Some(m) = self.worker.metrics.route(id) {
+            metrics::increment(m.mismatch, 1);
+        }
+        let first_on_worker = {
+            let mut seen = self.worker.mismatches.borrow_mut();
+            match seen.get_mut(id) {
+                Some(slot @ None) => {
+                    *slot = Some(chosen.clone());
+                    true
+                }
+                _ => false,
+            }
+        };
+        if first_on_worker && read_mismatch(route).is_none() {
+            let _ = record_mismatch(route, &chosen);
+            log::warn!(
+                "edge-guard: route {} declares cluster {} but Envoy routes it to {}; counted in edge_guard.route.{}.mismatch, not logged again",
+                route.name,
+                route.cluster,
+                if chosen.is_empty() { "no cluster (no Envoy route)" } else { chosen.as_str() },
+                route.name
+            );
+        }
+        self.worker.policy.on_mismatch == OnMismatch::Reject
+    }
+
+    fn on_route(&mut self, id: usize, method: Method, end_of_stream: bool) -> Action {
+        let worker = Rc::clone(&self.worker);
+        let policy = &worker.policy;
+        let Some(route) = policy.route(id) else {
+            return Action::Continue;
+        };
+        self.route = Some(id);
+        self.request_id = host::request_header("x-request-id");
+        let upgrade = method == Method::Get
+            && host::request_header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        if upgrade && !route.websocket {
+            return self.reject(
+                ErrorCode::RouteNotFound,
+                &format!("route {} does not accept WebSocket upgrades", route.name),
+                None,
+            );
+        }
+        if self.envoy_disagrees(id, route) {
+            return self.reject(
+                ErrorCode::RouteMismatch,
+                &format!(
+                    "route {} is declared for cluster {}, but Envoy would send it elsewhere",
+                    route.name, route.cluster
+                ),
+                None,
+            );
+        }
+        if let Some(health) = policy.health.as_ref().filter(|h| h.fail_fast) {
+            if worker.cluster_unhealthy(route.cluster_index) {
+                let retry = health.interval.as_ms().div_ceil(1000).max(1).to_string();
+                return self.reject(
+                    ErrorCode::UpstreamUnhealthy,
+                    &format!("cluster {} is failing its health checks", route.cluster),
+                    Some(("retry-after", retry)),
+                );
+            }
+        }
+        for name in CLIENT_DEADLINE_HEADERS {
+            host::set_request_header(name, None);
+        }
+        let Some(class) = policy.class_of(route) else {
+            return Action::Continue;
+        };
+        let now = host::now_ms();
+        worker.now_ms.set(now);
+        let deadline = Deadline::start(class, now);
+        if upgrade {
+            // The class bounds the upgrade only; Envoy's router timeout would
+            // otherwise also bound the established connection.
+            host::set_request_header(ROUTER_TIMEOUT_HEADER, None);
+            return self.admit_websocket(id, route, deadline, now);
+        }
+        self.started_ms = now;
+        host::set_request_header(
+            ROUTER_TIMEOUT_HEADER,
+            Some(&header_value(deadline.upstream_budget(now))),
+        );
+        if !end_of_stream {
+            let watched = Rc::new(std::cell::RefCell::new(Watched {
+                route: id,
+                request_id: self.request_id.clone(),
+                kind: WatchKind::Exchange {
+                    phase: Phase::ReceivingRequest,
+                    deadline,
+                },
+            }));
+            worker.watch(self.id, Rc::clone(&watched), deadline.total_deadline_ms());
+            self.watched = Some(watched);
+        }
+        Action::Continue
+    }
+
+    fn identity(&self) -> Option<String> {
+        match self.worker.policy.websocket.identity.as_ref()? {
+            Identity::Header(name) => host::request_header(name),
+            Identity::Jwt {
+                metadata_namespace,
+                payload_key,
+                claim,
+            } => host::property_text(vec![
+                "metadata",
+                "filter_metadata",
+                metadata_namespace,
+                payload_key,
+                claim,
+            ]),
+        }
+        .filter(|id| !id.is_empty())
+    }
+
+    fn admit_websocket(
+        &mut self,
+        id: usize,
+        route: &Route,
+        deadline: Deadline,
+        now: u64,
+    ) -> Action {
+        let worker = Rc::clone(&self.worker);
+        let ws = &worker.policy.websocket;
+        let route_metrics = worker.metrics.route(id);
+        let user = self.identity();
+        if user.is_none() && ws.require_identity {
+            if let Some(m) = route_metrics {
+                metrics::increment(m.ws_rejected(ErrorCode::IdentityRequired), 1);
+            }
+            return self.reject(
+                ErrorCode::IdentityRequired,
+                "this WebSocket route needs an authenticated user",
+                None,
+            );
+        }
+        let request = AdmissionRequest {
+            route: &route.name,
+            route_limit: route.max_connections,
+            instance_limit: ws.max_connections,
+            user: user.as_deref(),
+            user_limit: ws.max_connections_per_user,
+        };
+        let admission = match slots::try_acquire(&HostStore, &request) {
+            Ok(admission) => admission,
+            Err(rejection) => {
+                let (code, message, retry) = match rejection {
+                    Rejection::UserLimit => (
+                        ErrorCode::WebSocketUserLimit,
+                        "too many WebSocket connections for this user",
+                        None,
+                    ),
+                    Rejection::InvalidUser => (
+                        ErrorCode::IdentityRequired,
+                        "the user identity is empty or too long",
+                        None,
+                    ),
+                    Rejection::InstanceFull | Rejection::RouteFull => (
+                        ErrorCode::WebSocketCapacity,
+                        "no WebSocket capacity left; retry later",
+                        Some(("retry-after", CAPACITY_RETRY_AFTER.to_string())),
+                    ),
+                    Rejection::Contention | Rejection::Store(_) => {
+                        log::warn!("edge-guard: websocket admission failed: {rejection}");
+                        (
+                            ErrorCode::WebSocketCapacity,
+                            "WebSocket admission is unavailable; retry later",
+                            Some(("retry-after", CAPACITY_RETRY_AFTER.to_string())),
+                        )
+                    }
+                };
+                if let Some(m) = route_metrics {
+                    metrics::increment(m.ws_rejected(code), 1);
+                }
+                return self.reject(code, message, retry);
+            }
+        };
+        metrics::increment(worker.metrics.ws_active, 1);
+        if let Some(m) = route_metrics {
+            metrics::increment(m.ws_active, 1);
+        }
+        if ws.connection.max_message_bytes.is_some() {
+            // permessage-deflate would make frame lengths compressed sizes;
+            // refusing it keeps max_message_bytes exact.
+            host::set_request_header("sec-websocket-extensions", None);
+        }
+        let watched = Rc::new(std::cell::RefCell::new(Watched {
+            route: id,
+            request_id: self.request_id.clone(),
+            kind: WatchKind::WebSocket(Box::new(WebSocketStream {
+                phase: WsPhase::Upgrading,
+                monitor: ConnectionMonitor::new(now),
+                admission: Some(admission),
+                close_owed_to_client: None,
+                close_owed_to_upstream: None,
+            })),
+        }));
+        worker.watch(self.id, Rc::clone(&watched), deadline.upgrade_deadline_ms());
+        self.watched = Some(watched);
+        Action::Continue
+    }
+
+    /// One chunk of an upgraded stream: check its frames, and carry out a
+    /// close the monitor decided on.
+    fn on_websocket_chunk(&mut self, dir: Direction, body_size: usize) -> Action {
+        let Some(watched) = self.watched.clone() else {
+            return Action::Continue;
+        };
+        let mut w = watched.borrow_mut();
+        let route = w.route;
+        let WatchKind::WebSocket(ws) = &mut w.kind else {
+            return Action::Continue;
+        };
+        let buffer = match dir {
+            Direction::ClientToUpstream => BufferType::HttpRequestBody,
+            Direction::UpstreamToClient => BufferType::HttpResponseBody,
+        };
+        let owed = match dir {
+            Direction::ClientToUpstream => ws.close_owed_to_upstream.take(),
+            Direction::UpstreamToClient => ws.close_owed_to_client.take(),
+        };
+        if let Some(reason) = owed {
+            let frame = close_frame(reason.close_code(), reason.as_str(), self.mask_for(dir));
+            host::replace_body(buffer, 0, body_size, &frame);
+            return Action::Continue;
+        }
+        match ws.phase {
+            WsPhase::Open => {}
+            WsPhase::Closing { .. } => {
+                if body_size > 0 {
+                    host::replace_body(buffer, 0, body_size, &[]);
+                }
+                return Action::Continue;
+            }
+            WsPhase::Upgrading => return Action::Continue,
+        }
+        let limits = &self.worker.policy.websocket.connection;
+        let now = self.worker.now_ms.get();
+        let mut chunk = HostChunk::new(buffer, body_size);
+        let Verdict::Close {
+            reason,
+            offset_in_chunk,
+            at_frame_boundary,
+        } = ws.monitor.on_chunk(limits, dir, &mut chunk, now)
+        else {
+            return Action::Continue;
+        };
+        if let Some(m) = self.worker.metrics.route(route) {
+            metrics::increment(m.ws_closed(reason), 1);
+        }
+        log::debug!(
+            "#{} websocket {}: closing with {}",
+            self.id,
+            reason.as_str(),
+            reason.close_code()
+        );
+        // Towards the receiver of this chunk: keep the frames before the
+        // offending one, then a close frame (when the stream is between frames).
+        let mut replacement = Vec::new();
+        if offset_in_chunk > 0 {
+            replacement = host::body_bytes(buffer, 0, offset_in_chunk).unwrap_or_default();
+        }
+        if at_frame_boundary {
+            replacement.extend_from_slice(&close_frame(
+                reason.close_code(),
+                reason.as_str(),
+                self.mask_for(dir),
+            ));
+        }
+        host::replace_body(buffer, 0, body_size, &replacement);
+        // Towards the sender: with the next chunk that flows its way.
+        match dir {
+            Direction::ClientToUpstream => ws.close_owed_to_client = Some(reason),
+            Direction::UpstreamToClient => ws.close_owed_to_upstream = Some(reason),
+        }
+        let teardown = now.saturating_add(CLOSE_GRACE_MS);
+        ws.phase = WsPhase::Closing {
+            teardown_ms: teardown,
+        };
+        drop(w);
+        self.worker.schedule(self.id, teardown);
+        Action::Continue
+    }
+
+    /// Client-to-server frames must be masked; the key only has to vary.
+    fn mask_for(&self, dir: Direction) -> Option<[u8; 4]> {
+        match dir {
+            Direction::ClientToUpstream => {
+                let seed = self.id.wrapping_mul(0x9E37_79B9) ^ (self.worker.now_ms.get() as u32);
+                Some(seed.to_le_bytes())
+            }
+            Direction::UpstreamToClient => None,
+        }
+    }
+
+    fn on_websocket_response(&mut self, ws: &mut WebSocketStream) -> bool {
+        if ws.phase != WsPhase::Upgrading {
+            return false;
+        }
+        if host::response_header(":status").as_deref() == Some("101") {
+            let now = host::now_ms();
+            self.worker.now_ms.set(now);
+            ws.phase = WsPhase::Open;
+            ws.monitor = ConnectionMonitor::new(now);
+            if let Some(due) = ws
+                .monitor
+                .next_timer_due(&self.worker.policy.websocket.connection)
+            {
+                self.worker.schedule(self.id, due);
+            }
+            false
+        } else {
+            // The upstream refused the upgrade (or Envoy answered for it): the
+            // connection never opened, so its slot goes back now.
+            ws.phase = WsPhase::Closing {
+                teardown_ms: u64::MAX,
+            };
+            true
+        }
+    }
+
+    fn finish(&mut self) {
+        if self.watched.take().is_some() {
+            self.worker.finish(self.id);
+        }
+    }
+}
+
+/// The per-route record of a mismatch, shared by all workers: the Envoy
+/// cluster seen first.
+fn mismatch_key(route: &Route) -> String {
+    format!("eg.mismatch.{}", route.name)
+}
+
+fn read_mismatch(route: &Route) -> Option<String> {
+    use crate::shared_store::SharedStore;
+    HostStore
+        .get(&mismatch_key(route))
+        .ok()
+        .flatten()
+        .filter(|(value, _)| !value.is_empty())
+        .map(|(value, _)| String::from_utf8_lossy(&value).into_owned())
+}
+
+fn record_mismatch(route: &Route, chosen: &str) -> Result<(), crate::shared_store::StoreError> {
+    use crate::shared_store::SharedStore;
+    let value = if chosen.is_empty() { "(none)" } else { chosen };
+    HostStore.set(&mismatch_key(route), value.as_bytes(), 0)
+}
+
+/// A body chunk read lazily from the host: whole when small, otherwise only
+/// the windows the frame scanner asks for.
+struct HostChunk {
+    buffer: BufferType,
+    len: usize,
+    window_start: usize,
+    window: Vec<u8>,
+}
+
+impl HostChunk {
+    fn new(buffer: BufferType, len: usize) -> Self {
+        HostChunk {
+            buffer,
+            len,
+            window_start: 0,
+            window: Vec::new(),
+        }
+    }
+}
+
+impl ChunkSource for HostChunk {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn bytes(&mut self, start: usize, len: usize) -> Option<&[u8]> {
+        let end = start.saturating_add(len);
+        let cached_end = self.window_start.saturating_add(self.window.len());
+        if start < self.window_start || end > cached_end {
+            let (from, size) = if self.len <= WHOLE_CHUNK_BYTES {
+                (0, self.len)
+            } else {
+                (start, len.max(64))
+            };
+            self.window = host::body_bytes(self.buffer, from, size)?;
+            self.window_start = from;
+        }
+        self.window.get(start.checked_sub(self.window_start)?..)
+    }
+}
+
+impl Context for EdgeGuardHttp {
+    fn on_done(&mut self) -> bool {
+        self.finish();
+        true
+    }
+}
+
+impl Drop for EdgeGuardHttp {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl HttpContext for EdgeGuardHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let Some(path) = host::request_header(":path") else {
+            return Action::Continue;
+        };
+        let method = Method::parse(
+            host::request_header(":method")
+                .as_deref()
+                .unwrap_or_default(),
+        );
+        let worker = Rc::clone(&self.worker);
+        let policy = &worker.policy;
+        let path_only = path.split('?').next().unwrap_or_default();
+        if path_only == policy.status.path && method == Method::Get && self.source_may_see_status()
+        {
+            return self.serve_status();
+        }
+        match policy.route_table.resolve(&path, method) {
+            RouteMatch::Route(id) => self.on_route(id, method, end_of_stream),
+            RouteMatch::MethodNotAllowed { allowed } => self.reject(
+                ErrorCode::MethodNotAllowed,
+                &format!(
+                    "{} is not allowed on {path_only}; allowed: {allowed}",
+                    method_name(method)
+                ),
+                Some(("allow", allowed.to_string())),
+            ),
+            RouteMatch::NotFound => match policy.unknown_route {
+                UnknownRoute::Allow => Action::Continue,
+                UnknownRoute::Reject => self.reject(
+                    ErrorCode::RouteNotFound,
+                    &format!("no route for {path_only}"),
+                    None,
+                ),
+            },
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(watched) = self.watched.clone() else {
+            return Action::Continue;
+        };
+        let is_websocket = {
+            let mut w = watched.borrow_mut();
+            match &mut w.kind {
+                WatchKind::Exchange { phase, .. } => {
+                    if end_of_stream && *phase == Phase::ReceivingRequest {
+                        *phase = Phase::AwaitingResponse;
+                    }
+                    false
+                }
+                WatchKind::WebSocket(_) => true,
+            }
+        };
+        if is_websocket {
+            return self.on_websocket_chunk(Direction::ClientToUpstream, body_size);
+        }
+        Action::Continue
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if let Some(watched) = &self.watched {
+            if let WatchKind::Exchange { phase, .. } = &mut watched.borrow_mut().kind {
+                if *phase == Phase::ReceivingRequest {
+                    *phase = Phase::AwaitingResponse;
+                }
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let Some(watched) = self.watched.clone() {
+            let release = {
+                let mut w = watched.borrow_mut();
+                match &mut w.kind {
+                    WatchKind::Exchange { phase, .. } => {
+                        *phase = Phase::Responded;
+                        true
+                    }
+                    WatchKind::WebSocket(ws) => return self.websocket_response(ws),
+                }
+            };
+            if release {
+                self.finish();
+            }
+        }
+        let Some(route) = self.route else {
+            return Action::Continue;
+        };
+        if self.started_ms == 0 {
+            return Action::Continue;
+        }
+        if host::response_header(":status").as_deref() == Some("504")
+            && host::property_text(vec!["response", "code_details"])
+                .is_some_and(|details| ROUTER_TIMEOUT_DETAILS.contains(&details.as_str()))
+        {
+            // Envoy's router gave up at the budget edge-guard set: same error,
+            // same JSON shape as every other edge-guard reply.
+            self.rewrite_timeout_body = true;
+            host::set_response_header("content-type", Some("application/json"));
+            host::set_response_header("content-length", None);
+            if let Some(m) = self.worker.metrics.route(route) {
+                metrics::increment(m.deadline_hit(DeadlineHit::UpstreamTimeout), 1);
+            }
+        }
+        if let Some(m) = self.worker.metrics.route(route) {
+            metrics::record(
+                m.duration_ms,
+                host::now_ms().saturating_sub(self.started_ms),
+            );
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.rewrite_timeout_body {
+            if !end_of_stream {
+                return Action::Pause;
+            }
+            self.rewrite_timeout_body = false;
+            let body = error_body(
+                ErrorCode::UpstreamTimeout,
+                UPSTREAM_TIMEOUT_MESSAGE,
+                self.request_id.as_deref(),
+            );
+            host::replace_body(BufferType::HttpResponseBody, 0, body_size, body.as_bytes());
+            return Action::Continue;
+        }
+        if self.watched.is_some() {
+            return self.on_websocket_chunk(Direction::UpstreamToClient, body_size);
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        self.finish();
+    }
+}
+
+impl EdgeGuardHttp {
+    fn websocket_response(&mut self, ws: &mut WebSocketStream) -> Action {
+        if self.on_websocket_response(ws) {
+            if let Some(admission) = ws.admission.take() {
+                let route = self.route.unwrap_or_default();
+                self.worker.release(route, admission);
+            }
+        }
+        Action::Continue
+    }
+}
+
+fn method_name(method: Method) -> &'static str {
+    match method {
+        Method::Get => "GET",
+        Method::Head => "HEAD",
+        Method::Post => "POST",
+        Method::Put => "PUT",
+        Method::Delete => "DELETE",
+        Method::Patch => "PATCH",
+        Method::Options => "OPTIONS",
+        Method::Connect => "CONNECT",
+        Method::Trace => "TRACE",
+        Method::Other => "this method",
+    }
+}

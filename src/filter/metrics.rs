@@ -1,0 +1,218 @@
+//! Metric ids, defined once per worker on configure, so the request path
+//! only ever calls `increment_metric` / `record_metric` with a known id.
+//!
+//! Names (Envoy prefixes them with `wasmcustom.` internally, which its
+//! `/stats` output drops; Prometheus output turns `.` into `_`):
+//! - `edge_guard.route.<route>.class.<class>.deadline.request_timeout|upstream_timeout` counters
+//! - `edge_guard.route.<route>.class.<class>.request_duration_ms` histogram
+//! - `edge_guard.route.<route>.mismatch` counter
+//! - `edge_guard.route.<route>.websocket.active` gauge,
+//!   `...websocket.rejected.<code>` and `...websocket.closed.<reason>` counters
+//! - `edge_guard.websocket.active` gauge (whole instance)
+//! - `edge_guard.rejected.<error code>` counters
+//! - `edge_guard.cluster.<cluster>.healthy` gauge (1/0), `...probes`, `...probe_failures` counters
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MetricType;
+
+use crate::deadline::DeadlineHit;
+use crate::policy::Policy;
+use crate::reply::ErrorCode;
+use crate::websocket::monitor::CloseReason;
+
+/// An id of 0 is never handed out by Envoy for a real metric; it stands for
+/// "could not be defined" and is skipped when used.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MetricId(u32);
+
+fn define(kind: MetricType, name: &str) -> MetricId {
+    match hostcalls::define_metric(kind, name) {
+        Ok(id) => MetricId(id),
+        Err(_) => {
+            log::warn!("edge-guard: could not define metric {name}");
+            MetricId::default()
+        }
+    }
+}
+
+pub fn increment(id: MetricId, by: i64) {
+    if id.0 != 0 {
+        let _ = hostcalls::increment_metric(id.0, by);
+    }
+}
+
+pub fn record(id: MetricId, value: u64) {
+    if id.0 != 0 {
+        let _ = hostcalls::record_metric(id.0, value);
+    }
+}
+
+/// Metric names may only use what Envoy's stat names and Prometheus take.
+fn sanitise(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+pub const CLOSE_REASONS: [CloseReason; 6] = [
+    CloseReason::MessageTooBig,
+    CloseReason::InternalError,
+    CloseReason::RateLimited,
+    CloseReason::ProtocolError,
+    CloseReason::IdleTimeout,
+    CloseReason::MaxDuration,
+];
+
+const WS_REJECTIONS: [ErrorCode; 3] = [
+    ErrorCode::WebSocketCapacity,
+    ErrorCode::WebSocketUserLimit,
+    ErrorCode::IdentityRequired,
+];
+
+const REJECTIONS: [ErrorCode; 4] = [
+    ErrorCode::RouteNotFound,
+    ErrorCode::MethodNotAllowed,
+    ErrorCode::RouteMismatch,
+    ErrorCode::UpstreamUnhealthy,
+];
+
+#[derive(Debug, Default)]
+pub struct RouteMetrics {
+    pub request_timeout: MetricId,
+    pub upstream_timeout: MetricId,
+    pub duration_ms: MetricId,
+    pub mismatch: MetricId,
+    pub ws_active: MetricId,
+    ws_rejected: [MetricId; 3],
+    ws_closed: [MetricId; 6],
+}
+
+impl RouteMetrics {
+    pub fn deadline_hit(&self, hit: DeadlineHit) -> MetricId {
+        match hit {
+            DeadlineHit::RequestTimeout => self.request_timeout,
+            DeadlineHit::UpstreamTimeout => self.upstream_timeout,
+        }
+    }
+
+    pub fn ws_rejected(&self, code: ErrorCode) -> MetricId {
+        WS_REJECTIONS
+            .iter()
+            .position(|c| *c == code)
+            .and_then(|i| self.ws_rejected.get(i).copied())
+            .unwrap_or_default()
+    }
+
+    pub fn ws_closed(&self, reason: CloseReason) -> MetricId {
+        CLOSE_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .and_then(|i| self.ws_closed.get(i).copied())
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct ClusterMetrics {
+    pub healthy: MetricId,
+    pub probes: MetricId,
+    pub probe_failures: MetricId,
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub routes: Vec<RouteMetrics>,
+    pub clusters: Vec<ClusterMetrics>,
+    pub ws_active: MetricId,
+    rejected: [MetricId; 4],
+}
+
+impl Metrics {
+    pub fn define(policy: &Policy) -> Metrics {
+        let routes = policy
+            .routes
+            .iter()
+            .map(|route| {
+                let class = policy.class_of(route).map_or("none", |c| c.name.as_str());
+                let base = format!("edge_guard.route.{}", route.name);
+                let with_class = format!("{base}.class.{class}");
+                let mut metrics = RouteMetrics {
+                    request_timeout: define(
+                        MetricType::Counter,
+                        &format!("{with_class}.deadline.request_timeout"),
+                    ),
+                    upstream_timeout: define(
+                        MetricType::Counter,
+                        &format!("{with_class}.deadline.upstream_timeout"),
+                    ),
+                    duration_ms: define(
+                        MetricType::Histogram,
+                        &format!("{with_class}.request_duration_ms"),
+                    ),
+                    mismatch: define(MetricType::Counter, &format!("{base}.mismatch")),
+                    ..RouteMetrics::default()
+                };
+                if route.websocket {
+                    metrics.ws_active =
+                        define(MetricType::Gauge, &format!("{base}.websocket.active"));
+                    for (slot, code) in metrics.ws_rejected.iter_mut().zip(WS_REJECTIONS) {
+                        *slot = define(
+                            MetricType::Counter,
+                            &format!("{base}.websocket.rejected.{}", code.as_str()),
+                        );
+                    }
+                    for (slot, reason) in metrics.ws_closed.iter_mut().zip(CLOSE_REASONS) {
+                        *slot = define(
+                            MetricType::Counter,
+                            &format!("{base}.websocket.closed.{}", reason.as_str()),
+                        );
+                    }
+                }
+                metrics
+            })
+            .collect();
+        let clusters = policy
+            .clusters
+            .iter()
+            .map(|cluster| {
+                let base = format!("edge_guard.cluster.{}", sanitise(&cluster.name));
+                ClusterMetrics {
+                    healthy: define(MetricType::Gauge, &format!("{base}.healthy")),
+                    probes: define(MetricType::Counter, &format!("{base}.probes")),
+                    probe_failures: define(MetricType::Counter, &format!("{base}.probe_failures")),
+                }
+            })
+            .collect();
+        let mut rejected = [MetricId::default(); 4];
+        for (slot, code) in rejected.iter_mut().zip(REJECTIONS) {
+            *slot = define(
+                MetricType::Counter,
+                &format!("edge_guard.rejected.{}", code.as_str()),
+            );
+        }
+        Metrics {
+            routes,
+            clusters,
+            ws_active: define(MetricType::Gauge, "edge_guard.websocket.active"),
+            rejected,
+        }
+    }
+
+    pub fn route(&self, id: usize) -> Option<&RouteMetrics> {
+        self.routes.get(id)
+    }
+
+    pub fn rejected(&self, code: ErrorCode) -> MetricId {
+        REJECTIONS
+            .iter()
+            .position(|c| *c == code)
+            .and_then(|i| self.rejected.get(i).copied())
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,346 @@
+//! The root context: one per worker (and one on Envoy's main thread).
+//!
+//! Owns configuration (parse → compile once → share), the tick that enforces
+//! deadlines and WebSocket timers, the health probes and the slot reaper.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{ContextType, LogLevel, MapType};
+
+use crate::deadline::DeadlineHit;
+use crate::health::{self, Thresholds, Transition};
+use crate::policy::Policy;
+use crate::reply::{ErrorCode, LocalReply};
+use crate::status::{ClusterHealth, VERSION};
+use crate::websocket::slots;
+
+use super::host::{self, HostStore};
+use super::http::{EdgeGuardHttp, REQUEST_TIMEOUT_MESSAGE, UPSTREAM_TIMEOUT_MESSAGE};
+use super::metrics::{self, Metrics};
+use super::worker::{TimerAction, Worker};
+
+/// Deadlines fire within one tick of their time (the brief allows 100 ms).
+const TICK: Duration = Duration::from_millis(50);
+/// How often the reaper checks that every held slot's stream still exists.
+const REAP_EVERY_MS: u64 = 5_000;
+
+pub struct EdgeGuardRoot {
+    context_id: u32,
+    worker: Option<Rc<Worker>>,
+    /// Health probes in flight: call token → cluster index.
+    probes: HashMap<u32, usize>,
+    /// Per cluster: earliest time this worker should try to claim a probe.
+    next_probe_ms: Vec<u64>,
+    next_reap_ms: u64,
+}
+
+impl EdgeGuardRoot {
+    pub fn new(context_id: u32) -> Self {
+        EdgeGuardRoot {
+            context_id,
+            worker: None,
+            probes: HashMap::new(),
+            next_probe_ms: Vec::new(),
+            next_reap_ms: 0,
+        }
+    }
+
+    fn configure(&mut self) -> Result<(), String> {
+        let bytes = self.get_plugin_configuration().ok_or(
+            "no configuration: set the policy JSON as the filter's `configuration` (StringValue)",
+        )?;
+        let policy = Policy::from_json(&bytes).map_err(|e| e.to_string())?;
+
+        let route_names: Vec<&str> = policy
+            .routes
+            .iter()
+            .filter(|r| r.websocket)
+            .map(|r| r.name.as_str())
+            .collect();
+        slots::ensure_keys(&HostStore, &route_names)
+            .map_err(|e| format!("creating websocket counters: {e}"))?;
+        if policy.health.is_some() {
+            let clusters: Vec<&str> = policy.clusters.iter().map(|c| c.name.as_str()).collect();
+            health::ensure_records(&HostStore, &clusters)
+                .map_err(|e| format!("creating health records: {e}"))?;
+        }
+
+        log::info!(
+            "edge-guard {VERSION}: {} routes, unknown_route={:?}, status at {}",
+            policy.routes.len(),
+            policy.unknown_route,
+            policy.status.path
+        );
+        for route in &policy.routes {
+            log::info!(
+                "edge-guard route {}: prefix={} methods={} cluster={} class={} websocket={}",
+                route.name,
+                route.prefix,
+                if route.methods.is_any() {
+                    "*".to_string()
+                } else {
+                    route.methods.to_string()
+                },
+                route.cluster,
+                policy.class_of(route).map_or("?", |c| c.name.as_str()),
+                route.websocket
+            );
+        }
+
+        let metrics = Metrics::define(&policy);
+        self.next_probe_ms = vec![0; policy.clusters.len()];
+        let worker = Worker::new(Rc::new(policy), metrics, host::now_ms());
+        self.worker = Some(Rc::new(worker));
+        Ok(())
+    }
+
+    fn run_timers(&self, worker: &Worker, now_ms: u64) {
+        let actions = worker.take_due(now_ms);
+        if actions.is_empty() {
+            return;
+        }
+        for action in actions {
+            match action {
+                TimerAction::Deadline {
+                    context_id,
+                    route,
+                    hit,
+                    request_id,
+                } => {
+                    if hostcalls::set_effective_context(context_id).is_err() {
+                        worker.finish(context_id);
+                        continue;
+                    }
+                    let (code, message) = match hit {
+                        DeadlineHit::RequestTimeout => {
+                            (ErrorCode::RequestTimeout, REQUEST_TIMEOUT_MESSAGE)
+                        }
+                        DeadlineHit::UpstreamTimeout => {
+                            (ErrorCode::UpstreamTimeout, UPSTREAM_TIMEOUT_MESSAGE)
+                        }
+                    };
+                    if let Some(m) = worker.metrics.route(route) {
+                        metrics::increment(m.deadline_hit(hit), 1);
+                    }
+                    host::send_reply(&LocalReply::error(code, message, request_id.as_deref()));
+                }
+                TimerAction::Reset {
+                    context_id,
+                    route,
+                    reason,
+                } => {
+                    if hostcalls::set_effective_context(context_id).is_err() {
+                        worker.finish(context_id);
+                        continue;
+                    }
+                    if let (Some(reason), Some(m)) = (reason, worker.metrics.route(route)) {
+                        metrics::increment(m.ws_closed(reason), 1);
+                        log::debug!("#{context_id} websocket closed: {}", reason.as_str());
+                    }
+                    let _ = hostcalls::reset_http_request();
+                }
+            }
+        }
+        let _ = hostcalls::set_effective_context(self.context_id);
+    }
+
+    /// Slots are released from `on_log`, `on_done` and the context's drop;
+    /// this catches a stream that vanished without any of them.
+    fn reap(&self, worker: &Worker) {
+        for id in worker.websocket_ids() {
+            if hostcalls::set_effective_context(id).is_err() {
+                log::warn!("edge-guard: releasing the slot of vanished websocket stream #{id}");
+                worker.finish(id);
+            }
+        }
+        let _ = hostcalls::set_effective_context(self.context_id);
+    }
+
+    fn refresh_health(&mut self, worker: &Worker, now_ms: u64) {
+        let Some(policy) = worker.policy.health.as_ref() else {
+            return;
+        };
+        for (index, cluster) in worker.policy.clusters.iter().enumerate() {
+            let record = match health::read(&HostStore, &cluster.name) {
+                Ok(record) => record,
+                Err(e) => {
+                    log::warn!("edge-guard: reading health of {}: {e}", cluster.name);
+                    continue;
+                }
+            };
+            let view = Some(ClusterHealth {
+                healthy: record.healthy,
+                probes: record.probes,
+            });
+            let changed = {
+                let mut cache = worker.health.borrow_mut();
+                match cache.get_mut(index) {
+                    Some(slot) if *slot != view => {
+                        *slot = view;
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            if changed {
+                if let Some(m) = worker.metrics.clusters.get(index) {
+                    metrics::record(m.healthy, u64::from(record.healthy));
+                }
+            }
+            let due = self
+                .next_probe_ms
+                .get(index)
+                .copied()
+                .unwrap_or(0)
+                .max(record.next_probe_ms);
+            if now_ms < due || self.probes.values().any(|c| *c == index) {
+                continue;
+            }
+            match health::claim_probe(&HostStore, &cluster.name, now_ms, policy.interval.as_ms()) {
+                Ok(true) => self.dispatch_probe(worker, index, policy.timeout.as_ms()),
+                Ok(false) => {}
+                Err(e) => log::warn!("edge-guard: claiming the probe of {}: {e}", cluster.name),
+            }
+            if let Some(next) = self.next_probe_ms.get_mut(index) {
+                *next = now_ms.saturating_add(policy.interval.as_ms());
+            }
+        }
+    }
+
+    fn dispatch_probe(&mut self, worker: &Worker, index: usize, timeout_ms: u64) {
+        let Some(cluster) = worker.policy.clusters.get(index) else {
+            return;
+        };
+        let headers = vec![
+            (":method", "GET"),
+            (":path", cluster.health_path.as_str()),
+            (":authority", cluster.name.as_str()),
+            ("user-agent", "edge-guard-health"),
+        ];
+        if let Some(m) = worker.metrics.clusters.get(index) {
+            metrics::increment(m.probes, 1);
+        }
+        match hostcalls::dispatch_http_call(
+            &cluster.name,
+            headers,
+            None,
+            vec![],
+            Duration::from_millis(timeout_ms),
+        ) {
+            Ok(token) => {
+                self.probes.insert(token, index);
+            }
+            Err(status) => {
+                log::debug!(
+                    "edge-guard: probe of {} not dispatched: {status:?}",
+                    cluster.name
+                );
+                self.probe_result(worker, index, false);
+            }
+        }
+    }
+
+    fn probe_result(&self, worker: &Worker, index: usize, success: bool) {
+        let (Some(cluster), Some(policy)) = (
+            worker.policy.clusters.get(index),
+            worker.policy.health.as_ref(),
+        ) else {
+            return;
+        };
+        if !success {
+            if let Some(m) = worker.metrics.clusters.get(index) {
+                metrics::increment(m.probe_failures, 1);
+            }
+        }
+        let thresholds = Thresholds {
+            unhealthy: policy.unhealthy_threshold,
+            healthy: policy.healthy_threshold,
+        };
+        match health::record_probe(&HostStore, &cluster.name, success, thresholds) {
+            Ok(Some(Transition::BecameUnhealthy)) => {
+                log::warn!(
+                    "edge-guard: cluster {} is unhealthy ({} failed probes of {})",
+                    cluster.name,
+                    policy.unhealthy_threshold,
+                    cluster.health_path
+                );
+            }
+            Ok(Some(Transition::BecameHealthy)) => {
+                log::info!("edge-guard: cluster {} is healthy again", cluster.name);
+            }
+            Ok(None) => {}
+            Err(e) => log::warn!("edge-guard: recording the probe of {}: {e}", cluster.name),
+        }
+    }
+}
+
+impl Context for EdgeGuardRoot {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        _body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let Some(index) = self.probes.remove(&token_id) else {
+            return;
+        };
+        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| s.parse::<u32>().ok());
+        if let Some(worker) = self.worker.clone() {
+            self.probe_result(&worker, index, health::is_healthy_status(status));
+        }
+    }
+}
+
+impl RootContext for EdgeGuardRoot {
+    fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
+        if let Ok(LogLevel::Trace | LogLevel::Debug) = hostcalls::get_log_level() {
+            proxy_wasm::set_log_level(LogLevel::Debug);
+        }
+        log::info!("edge-guard {VERSION} starting");
+        true
+    }
+
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        match self.configure() {
+            Ok(()) => {
+                self.set_tick_period(TICK);
+                true
+            }
+            Err(message) => {
+                log::error!("edge-guard: invalid policy: {message}");
+                false
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        let now = host::now_ms();
+        worker.now_ms.set(now);
+        self.refresh_health(&worker, now);
+        self.run_timers(&worker, now);
+        if now >= self.next_reap_ms {
+            self.next_reap_ms = now.saturating_add(REAP_EVERY_MS);
+            self.reap(&worker);
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let worker = self.worker.clone()?;
+        Some(Box::new(EdgeGuardHttp::new(context_id, worker)))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}

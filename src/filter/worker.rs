@@ -1,0 +1,276 @@
+//! Per-worker state shared by the worker's root context and its HTTP
+//! contexts (one thread, one VM instance: `Rc`/`RefCell` are enough).
+//!
+//! Owns the timer heap the root context's tick drains, the streams that
+//! have a deadline or an open WebSocket, and the worker's cached view of
+//! cluster health. Never holds a borrow across a host call that may
+//! re-enter the VM; `take_due` hands actions out for the caller to run.
+
+use std::cell::{Cell, RefCell};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::rc::Rc;
+
+use crate::deadline::{Deadline, DeadlineHit, Phase};
+use crate::policy::Policy;
+use crate::status::ClusterHealth;
+use crate::websocket::monitor::{CloseReason, ConnectionMonitor};
+use crate::websocket::slots::{self, Admission};
+
+use super::host::HostStore;
+use super::metrics::{self, Metrics};
+
+/// Where an upgraded (or upgrading) connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WsPhase {
+    /// Upgrade sent upstream; waiting for its 101 within the class's `response`.
+    Upgrading,
+    Open,
+    /// A limit was broken and close frames are on their way; torn down at the
+    /// stored time whatever the peers do.
+    Closing {
+        teardown_ms: u64,
+    },
+}
+
+#[derive(Debug)]
+pub struct WebSocketStream {
+    pub phase: WsPhase,
+    pub monitor: ConnectionMonitor,
+    /// The slot this connection holds; `take()`n exactly once on release.
+    pub admission: Option<Admission>,
+    /// Close frames still owed to each peer after a limit was broken.
+    pub close_owed_to_client: Option<CloseReason>,
+    pub close_owed_to_upstream: Option<CloseReason>,
+}
+
+#[derive(Debug)]
+pub enum WatchKind {
+    /// A request with a body: its `total` deadline is enforced by the tick.
+    Exchange {
+        phase: Phase,
+        deadline: Deadline,
+    },
+    WebSocket(Box<WebSocketStream>),
+}
+
+/// A stream the tick has to look at.
+#[derive(Debug)]
+pub struct Watched {
+    pub route: usize,
+    /// For the replies the tick sends: request headers are out of reach then.
+    pub request_id: Option<String>,
+    pub kind: WatchKind,
+}
+
+pub type WatchedRef = Rc<RefCell<Watched>>;
+
+/// What the tick must do to a stream, once no borrow is held.
+#[derive(Debug)]
+pub enum TimerAction {
+    /// Answer with a deadline error (408 / 504).
+    Deadline {
+        context_id: u32,
+        route: usize,
+        hit: DeadlineHit,
+        request_id: Option<String>,
+    },
+    /// Tear an upgraded connection down.
+    Reset {
+        context_id: u32,
+        route: usize,
+        reason: Option<CloseReason>,
+    },
+}
+
+#[derive(Debug, Default)]
+pub struct Timers {
+    heap: BinaryHeap<Reverse<(u64, u32)>>,
+    streams: HashMap<u32, WatchedRef>,
+}
+
+/// Everything a worker shares between its contexts.
+pub struct Worker {
+    pub policy: Rc<Policy>,
+    pub metrics: Metrics,
+    /// Refreshed by every tick and by every host clock read; good to ~50 ms.
+    pub now_ms: Cell<u64>,
+    pub timers: RefCell<Timers>,
+    /// Per cluster, refreshed from shared data by the tick.
+    pub health: RefCell<Vec<Option<ClusterHealth>>>,
+    /// Per route: the cluster Envoy chose when it first disagreed (logged once).
+    pub mismatches: RefCell<Vec<Option<String>>>,
+}
+
+impl Worker {
+    pub fn new(policy: Rc<Policy>, metrics: Metrics, now_ms: u64) -> Worker {
+        let clusters = policy.clusters.len();
+        let routes = policy.routes.len();
+        Worker {
+            policy,
+            metrics,
+            now_ms: Cell::new(now_ms),
+            timers: RefCell::new(Timers::default()),
+            health: RefCell::new(vec![None; clusters]),
+            mismatches: RefCell::new(vec![None; routes]),
+        }
+    }
+
+    /// Starts watching a stream; `due_ms` is its first timer.
+    pub fn watch(&self, context_id: u32, watched: WatchedRef, due_ms: u64) {
+        let mut timers = self.timers.borrow_mut();
+        timers.streams.insert(context_id, watched);
+        timers.heap.push(Reverse((due_ms, context_id)));
+    }
+
+    pub fn schedule(&self, context_id: u32, due_ms: u64) {
+        self.timers
+            .borrow_mut()
+            .heap
+            .push(Reverse((due_ms, context_id)));
+    }
+
+    /// Stops watching a stream and releases its WebSocket slot if it still
+    /// holds one. Safe to call any number of times from any callback.
+    pub fn finish(&self, context_id: u32) {
+        let removed = self.timers.borrow_mut().streams.remove(&context_id);
+        if let Some(watched) = removed {
+            let (route, admission) = {
+                let mut w = watched.borrow_mut();
+                let route = w.route;
+                let admission = match &mut w.kind {
+                    WatchKind::WebSocket(ws) => ws.admission.take(),
+                    WatchKind::Exchange { .. } => None,
+                };
+                (route, admission)
+            };
+            if let Some(admission) = admission {
+                self.release(route, admission);
+            }
+        }
+    }
+
+    pub fn release(&self, route: usize, admission: Admission) {
+        if let Err(e) = slots::release(&HostStore, admission) {
+            log::error!("edge-guard: releasing a websocket slot failed: {e}");
+        }
+        metrics::increment(self.metrics.ws_active, -1);
+        if let Some(m) = self.metrics.route(route) {
+            metrics::increment(m.ws_active, -1);
+        }
+    }
+
+    /// Ids of the open WebSocket streams, for the reaper.
+    pub fn websocket_ids(&self) -> Vec<u32> {
+        self.timers
+            .borrow()
+            .streams
+            .iter()
+            .filter(|(_, w)| matches!(w.borrow().kind, WatchKind::WebSocket(_)))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Pops every timer due at `now_ms` and decides what each one means.
+    /// Stale timers (stream gone, phase moved on) are dropped here.
+    pub fn take_due(&self, now_ms: u64) -> Vec<TimerAction> {
+        let mut actions = Vec::new();
+        let mut guard = self.timers.borrow_mut();
+        let timers = &mut *guard;
+        let limits = &self.policy.websocket.connection;
+        let mut reschedule = Vec::new();
+        while let Some(Reverse((due, id))) = timers.heap.peek().copied() {
+            if due > now_ms {
+                break;
+            }
+            timers.heap.pop();
+            let Some(watched) = timers.streams.get(&id) else {
+                continue;
+            };
+            let mut w = watched.borrow_mut();
+            let route = w.route;
+            let request_id = w.request_id.clone();
+            match &mut w.kind {
+                WatchKind::Exchange { phase, deadline } => {
+                    if deadline.total_deadline_ms() > now_ms {
+                        continue;
+                    }
+                    if let Some(hit) = Deadline::hit_in(*phase) {
+                        *phase = Phase::Responded;
+                        actions.push(TimerAction::Deadline {
+                            context_id: id,
+                            route,
+                            hit,
+                            request_id,
+                        });
+                    }
+                }
+                WatchKind::WebSocket(ws) => match ws.phase {
+                    WsPhase::Upgrading => {
+                        ws.phase = WsPhase::Closing {
+                            teardown_ms: u64::MAX,
+                        };
+                        actions.push(TimerAction::Deadline {
+                            context_id: id,
+                            route,
+                            hit: DeadlineHit::UpstreamTimeout,
+                            request_id,
+                        });
+                    }
+                    WsPhase::Open => match ws.monitor.timer_check(limits, now_ms) {
+                        Some(reason) => {
+                            ws.phase = WsPhase::Closing {
+                                teardown_ms: u64::MAX,
+                            };
+                            actions.push(TimerAction::Reset {
+                                context_id: id,
+                                route,
+                                reason: Some(reason),
+                            });
+                        }
+                        None => {
+                            if let Some(next) = ws.monitor.next_timer_due(limits) {
+                                reschedule.push((next.max(now_ms.saturating_add(1)), id));
+                            }
+                        }
+                    },
+                    WsPhase::Closing { teardown_ms } => {
+                        if teardown_ms <= now_ms {
+                            ws.phase = WsPhase::Closing {
+                                teardown_ms: u64::MAX,
+                            };
+                            actions.push(TimerAction::Reset {
+                                context_id: id,
+                                route,
+                                reason: None,
+                            });
+                        }
+                    }
+                },
+            }
+        }
+        for entry in reschedule {
+            timers.heap.push(Reverse(entry));
+        }
+        // Stale entries of finished streams stay in the heap until due; keep
+        // the heap from growing far beyond the live streams under load.
+        if timers.heap.len() > 1024 && timers.heap.len() > 4 * timers.streams.len() {
+            let live: Vec<_> = timers
+                .heap
+                .drain()
+                .filter(|Reverse((_, id))| timers.streams.contains_key(id))
+                .collect();
+            timers.heap.extend(live);
+        }
+        actions
+    }
+
+    pub fn cluster_unhealthy(&self, cluster: usize) -> bool {
+        self.health
+            .borrow()
+            .get(cluster)
+            .copied()
+            .flatten()
+            .is_some_and(|h| !h.healthy)
+    }
+}

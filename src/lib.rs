@@ -1,0 +1,19 @@
+//! edge-guard: a proxy-wasm HTTP filter for Envoy that enforces request deadlines,
+//! WebSocket limits and the declared routing table at the edge.
+//!
+//! Layout: every module except `filter` is pure policy logic with no `proxy_wasm`
+//! import, tested natively. `filter` is the thin host layer and only exists in the
+//! wasm build.
+
+pub mod deadline;
+pub mod envoy_check;
+pub mod health;
+pub mod policy;
+pub mod reply;
+pub mod routing;
+pub mod shared_store;
+pub mod status;
+pub mod websocket;
+
+#[cfg(target_arch = "wasm32")]
+mod filter;

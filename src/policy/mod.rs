@@ -1,0 +1,631 @@
+//! The policy: parsed once from the filter's configuration, then compiled into
+//! an immutable `Policy` that every request on the worker shares.
+//!
+//! Owns every validation rule and the error a user sees for a bad policy (the
+//! field path, what is wrong, and how to fix it). Never talks to the host:
+//! `on_configure` hands it bytes and gets a `Policy` or one `ConfigError`.
+
+pub mod cidr;
+pub mod config;
+pub mod duration;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+pub use cidr::Cidr;
+pub use config::{OnMismatch, PolicyConfig, UnknownRoute};
+pub use duration::Millis;
+
+use crate::routing::{normalise_prefix, Method, MethodSet, RouteTable};
+use config::{IdentityConfig, TimeoutClassConfig};
+
+/// A refused policy: where, what, and the fix, in one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Field path in the policy JSON, e.g. `routes[2].timeout`.
+    pub path: String,
+    /// What is wrong and how to fix it.
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(path: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+        ConfigError {
+            path: path.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.problem)
+        } else {
+            write!(f, "{}: {}", self.path, self.problem)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// One declared route, compiled.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    pub prefix: String,
+    pub methods: MethodSet,
+    pub cluster: String,
+    /// Index into `Policy::clusters`.
+    pub cluster_index: usize,
+    /// Index into `Policy::timeout_classes`.
+    pub timeout_class: usize,
+    pub websocket: bool,
+    pub max_connections: Option<u32>,
+}
+
+/// A deadline class: `total` bounds the exchange from the first request byte
+/// until the response headers leave; `response` bounds the upstream's answer
+/// once the request is fully received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimeoutClass {
+    pub name: String,
+    pub total: Millis,
+    pub response: Millis,
+}
+
+#[derive(Debug, Clone)]
+pub struct StatusEndpoint {
+    pub path: String,
+    pub allow: Vec<Cidr>,
+}
+
+/// Where the identity of a WebSocket user comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// A request header set by a trusted filter earlier in the chain.
+    Header(String),
+    /// A claim of the verified JWT payload that jwt_authn wrote to dynamic
+    /// metadata (`payload_in_metadata`); a client-sent header never counts.
+    Jwt {
+        metadata_namespace: String,
+        payload_key: String,
+        claim: String,
+    },
+}
+
+/// Limits every upgraded connection is held to, read from its frames.
+pub use crate::websocket::monitor::ConnectionLimits;
+
+#[derive(Debug, Clone)]
+pub struct WebSocketPolicy {
+    pub max_connections: Option<u32>,
+    pub max_connections_per_user: Option<u32>,
+    pub identity: Option<Identity>,
+    pub require_identity: bool,
+    pub connection: ConnectionLimits,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthPolicy {
+    pub interval: Millis,
+    pub timeout: Millis,
+    pub unhealthy_threshold: u32,
+    pub healthy_threshold: u32,
+    pub fail_fast: bool,
+}
+
+/// A distinct upstream cluster named by at least one route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    pub name: String,
+    pub health_path: String,
+}
+
+/// The compiled, immutable policy.
+#[derive(Debug)]
+pub struct Policy {
+    pub routes: Vec<Route>,
+    pub route_table: RouteTable,
+    pub unknown_route: UnknownRoute,
+    pub timeout_classes: Vec<TimeoutClass>,
+    pub load_balancer_idle_timeout: Option<Millis>,
+    pub load_balancer_margin: Millis,
+    pub status: StatusEndpoint,
+    pub websocket: WebSocketPolicy,
+    pub on_mismatch: OnMismatch,
+    pub health: Option<HealthPolicy>,
+    pub clusters: Vec<Cluster>,
+}
+
+impl Policy {
+    /// Parses and compiles the policy JSON; the first problem found is returned.
+    pub fn from_json(bytes: &[u8]) -> Result<Policy, ConfigError> {
+        let config = parse(bytes)?;
+        compile(&config)
+    }
+
+    pub fn route(&self, id: usize) -> Option<&Route> {
+        self.routes.get(id)
+    }
+
+    pub fn class_of(&self, route: &Route) -> Option<&TimeoutClass> {
+        self.timeout_classes.get(route.timeout_class)
+    }
+
+    pub fn has_websocket_routes(&self) -> bool {
+        self.routes.iter().any(|r| r.websocket)
+    }
+}
+
+/// Stage one: JSON → `PolicyConfig`, with the failing field's path.
+pub fn parse(bytes: &[u8]) -> Result<PolicyConfig, ConfigError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let config: PolicyConfig =
+        serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let path = if path == "." { String::new() } else { path };
+            if inner.is_syntax() || inner.is_eof() {
+                ConfigError::new(
+                    "",
+                    format!("the policy is not valid JSON ({inner}); fix the JSON syntax"),
+                )
+            } else {
+                ConfigError::new(path, strip_position(&inner.to_string()))
+            }
+        })?;
+    deserializer
+        .end()
+        .map_err(|e| ConfigError::new("", format!("trailing data after the policy JSON ({e})")))?;
+    Ok(config)
+}
+
+/// serde_json appends " at line L column C"; the path already says where.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(pos) => message.get(..pos).unwrap_or(message).to_string(),
+        None => message.to_string(),
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+const NAME_RULE: &str =
+    "use 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-' (it becomes part of metric names)";
+
+/// Stage two: cross-field rules and the runtime structures.
+pub fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
+    let timeout_classes = compile_timeouts(config)?;
+    let class_index: HashMap<&str, usize> = timeout_classes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.as_str(), i))
+        .collect();
+    let default_class = *class_index
+        .get(config.timeouts.default_class.as_str())
+        .ok_or_else(|| {
+            ConfigError::new(
+                "timeouts.default_class",
+                format!(
+                    "unknown timeout class \"{}\"; defined classes: {}",
+                    config.timeouts.default_class,
+                    class_names(&timeout_classes)
+                ),
+            )
+        })?;
+
+    if config.routes.is_empty() {
+        return Err(ConfigError::new(
+            "routes",
+            "no routes declared; declare at least one route, e.g. {\"name\": \"api\", \"prefix\": \"/api\", \"cluster\": \"api_service\"}",
+        ));
+    }
+
+    let mut routes: Vec<Route> = Vec::with_capacity(config.routes.len());
+    let mut clusters: Vec<Cluster> = Vec::new();
+    let mut health_path_set_by: HashMap<String, usize> = HashMap::new();
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut by_prefix: HashMap<String, Vec<usize>> = HashMap::new();
+    let default_health_path = config
+        .health_checks
+        .as_ref()
+        .map_or("/health", |h| h.path.as_str());
+
+    for (i, rc) in config.routes.iter().enumerate() {
+        let at = |field: &str| format!("routes[{i}].{field}");
+        if !valid_name(&rc.name) {
+            return Err(ConfigError::new(
+                at("name"),
+                format!("invalid route name \"{}\"; {NAME_RULE}", rc.name),
+            ));
+        }
+        if let Some(first) = names.insert(rc.name.as_str(), i) {
+            return Err(ConfigError::new(
+                at("name"),
+                format!("duplicate route name \"{}\" (also routes[{first}]); give every route a unique name", rc.name),
+            ));
+        }
+        let prefix = normalise_prefix(&rc.prefix).map_err(|why| {
+            ConfigError::new(at("prefix"), format!("prefix \"{}\" {why}", rc.prefix))
+        })?;
+        if rc.cluster.is_empty() {
+            return Err(ConfigError::new(
+                at("cluster"),
+                "empty cluster; name the Envoy cluster this route is sent to",
+            ));
+        }
+        let methods = match &rc.methods {
+            None => MethodSet::ANY,
+            Some(list) if list.is_empty() => {
+                return Err(ConfigError::new(
+                    at("methods"),
+                    "empty method list; list methods such as [\"GET\"], or leave the field out to allow every method",
+                ))
+            }
+            Some(list) => {
+                let mut set = MethodSet::EMPTY;
+                for (j, name) in list.iter().enumerate() {
+                    let method = Method::parse_known(name).ok_or_else(|| {
+                        ConfigError::new(
+                            format!("routes[{i}].methods[{j}]"),
+                            format!("unknown method \"{name}\"; use one of GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, CONNECT, TRACE (upper case)"),
+                        )
+                    })?;
+                    set = set.with(method);
+                }
+                set
+            }
+        };
+        let others = by_prefix.entry(prefix.clone()).or_default();
+        if let Some(&other) = others.iter().find(|&&o| {
+            routes
+                .get(o)
+                .is_some_and(|r: &Route| r.methods.overlaps(methods))
+        }) {
+            return Err(ConfigError::new(
+                at("prefix"),
+                format!(
+                    "prefix \"{prefix}\" with these methods is already taken by routes[{other}]; use a different prefix or disjoint methods"
+                ),
+            ));
+        }
+        others.push(i);
+
+        let timeout_class = match &rc.timeout {
+            None => default_class,
+            Some(name) => *class_index.get(name.as_str()).ok_or_else(|| {
+                ConfigError::new(
+                    at("timeout"),
+                    format!(
+                        "unknown timeout class \"{name}\"; defined classes: {}",
+                        class_names(&timeout_classes)
+                    ),
+                )
+            })?,
+        };
+        if rc.max_connections.is_some() && !rc.websocket {
+            return Err(ConfigError::new(
+                at("max_connections"),
+                "max_connections only applies to WebSocket routes; set \"websocket\": true or remove it",
+            ));
+        }
+        if rc.max_connections == Some(0) {
+            return Err(ConfigError::new(
+                at("max_connections"),
+                "must be at least 1; remove it for no per-route limit",
+            ));
+        }
+        if let Some(path) = &rc.health_check_path {
+            if !path.starts_with('/') {
+                return Err(ConfigError::new(
+                    at("health_check_path"),
+                    format!("\"{path}\" must start with \"/\""),
+                ));
+            }
+        }
+        let cluster_index = match clusters.iter().position(|c| c.name == rc.cluster) {
+            Some(index) => index,
+            None => {
+                clusters.push(Cluster {
+                    name: rc.cluster.clone(),
+                    health_path: default_health_path.to_string(),
+                });
+                clusters.len() - 1
+            }
+        };
+        if let (Some(path), Some(cluster)) =
+            (&rc.health_check_path, clusters.get_mut(cluster_index))
+        {
+            if let Some(&first) = health_path_set_by.get(&rc.cluster) {
+                if cluster.health_path != *path {
+                    return Err(ConfigError::new(
+                        at("health_check_path"),
+                        format!(
+                            "cluster \"{}\" already has health_check_path \"{}\" from routes[{first}]; one cluster has one health path",
+                            rc.cluster, cluster.health_path
+                        ),
+                    ));
+                }
+            }
+            health_path_set_by.insert(rc.cluster.clone(), i);
+            cluster.health_path = path.clone();
+        }
+        routes.push(Route {
+            name: rc.name.clone(),
+            prefix,
+            methods,
+            cluster: rc.cluster.clone(),
+            cluster_index,
+            timeout_class,
+            websocket: rc.websocket,
+            max_connections: rc.max_connections,
+        });
+    }
+
+    let status = compile_status(config)?;
+    if routes.iter().any(|r| status.path == r.prefix) {
+        return Err(ConfigError::new(
+            "status.path",
+            format!(
+                "\"{}\" is also a route prefix; choose a path no route uses",
+                status.path
+            ),
+        ));
+    }
+    let websocket = compile_websocket(config)?;
+    let health = compile_health(config)?;
+    let route_table = RouteTable::build(routes.iter().map(|r| (r.prefix.as_str(), r.methods)));
+
+    Ok(Policy {
+        routes,
+        route_table,
+        unknown_route: config.unknown_route,
+        timeout_classes,
+        load_balancer_idle_timeout: config.timeouts.load_balancer_idle_timeout,
+        load_balancer_margin: config.timeouts.load_balancer_margin,
+        status,
+        websocket,
+        on_mismatch: config.routing.on_mismatch,
+        health,
+        clusters,
+    })
+}
+
+fn class_names(classes: &[TimeoutClass]) -> String {
+    classes
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn compile_timeouts(config: &PolicyConfig) -> Result<Vec<TimeoutClass>, ConfigError> {
+    let t = &config.timeouts;
+    if t.classes.is_empty() {
+        return Err(ConfigError::new(
+            "timeouts.classes",
+            "no timeout classes; define at least one, e.g. {\"standard\": \"30s\"}",
+        ));
+    }
+    let mut classes = Vec::with_capacity(t.classes.len());
+    for (name, class) in &t.classes {
+        let at = format!("timeouts.classes.{name}");
+        if !valid_name(name) {
+            return Err(ConfigError::new(
+                at,
+                format!("invalid class name; {NAME_RULE}"),
+            ));
+        }
+        let (total, response) = match class {
+            TimeoutClassConfig::Single(d) => (*d, *d),
+            TimeoutClassConfig::Split(s) => (s.total, s.response),
+        };
+        if total == Millis::ZERO || response == Millis::ZERO {
+            return Err(ConfigError::new(at, "durations must be greater than zero"));
+        }
+        if response > total {
+            return Err(ConfigError::new(
+                format!("{at}.response"),
+                format!("response ({response}) is longer than total ({total}); make response at most total"),
+            ));
+        }
+        if let Some(lb_idle) = t.load_balancer_idle_timeout {
+            let limit = lb_idle.saturating_sub(t.load_balancer_margin);
+            if response > limit {
+                return Err(ConfigError::new(
+                    at,
+                    format!(
+                        "class \"{name}\" waits up to {response} for a response, but load_balancer_idle_timeout {lb_idle} minus load_balancer_margin {} leaves {limit}: a load balancer in front would cut the silent connection first; raise load_balancer_idle_timeout to at least {}, or lower the class to at most {limit}",
+                        t.load_balancer_margin,
+                        Millis(response.as_ms().saturating_add(t.load_balancer_margin.as_ms())),
+                    ),
+                ));
+            }
+        }
+        classes.push(TimeoutClass {
+            name: name.clone(),
+            total,
+            response,
+        });
+    }
+    Ok(classes)
+}
+
+fn compile_status(config: &PolicyConfig) -> Result<StatusEndpoint, ConfigError> {
+    let s = &config.status;
+    let path = normalise_prefix(&s.path)
+        .map_err(|why| ConfigError::new("status.path", format!("path \"{}\" {why}", s.path)))?;
+    let allow = s
+        .allow_cidrs
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            Cidr::parse(text)
+                .map_err(|why| ConfigError::new(format!("status.allow_cidrs[{i}]"), why))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(StatusEndpoint { path, allow })
+}
+
+fn positive<T: PartialEq + Default>(
+    value: Option<T>,
+    path: &str,
+) -> Result<Option<T>, ConfigError> {
+    if value == Some(T::default()) {
+        return Err(ConfigError::new(
+            path,
+            "must be greater than zero; remove the field for no limit",
+        ));
+    }
+    Ok(value)
+}
+
+fn compile_websocket(config: &PolicyConfig) -> Result<WebSocketPolicy, ConfigError> {
+    let Some(ws) = &config.websocket else {
+        return Ok(WebSocketPolicy {
+            max_connections: None,
+            max_connections_per_user: None,
+            identity: None,
+            require_identity: false,
+            connection: ConnectionLimits::default(),
+        });
+    };
+    let max_connections = positive(ws.max_connections, "websocket.max_connections")?;
+    let per_user = positive(
+        ws.max_connections_per_user,
+        "websocket.max_connections_per_user",
+    )?;
+    if let (Some(user), Some(instance)) = (per_user, max_connections) {
+        if user > instance {
+            return Err(ConfigError::new(
+                "websocket.max_connections_per_user",
+                format!("{user} is more than websocket.max_connections ({instance}); lower it to at most {instance}"),
+            ));
+        }
+    }
+    let identity = match &ws.identity {
+        None => None,
+        Some(IdentityConfig::Header(name)) => {
+            if name.is_empty()
+                || name.starts_with(':')
+                || name.bytes().any(|b| b.is_ascii_uppercase() || b == b' ')
+            {
+                return Err(ConfigError::new(
+                    "websocket.identity.header",
+                    format!("\"{name}\" is not a usable header name; use a lower-case header such as \"x-user-id\""),
+                ));
+            }
+            Some(Identity::Header(name.clone()))
+        }
+        Some(IdentityConfig::Jwt(jwt)) => {
+            if jwt.payload_key.is_empty() || jwt.claim.is_empty() {
+                return Err(ConfigError::new(
+                    "websocket.identity.jwt",
+                    "payload_key and claim must not be empty; use the payload_in_metadata name of your jwt_authn provider and a claim such as \"sub\"",
+                ));
+            }
+            Some(Identity::Jwt {
+                metadata_namespace: jwt.metadata_namespace.clone(),
+                payload_key: jwt.payload_key.clone(),
+                claim: jwt.claim.clone(),
+            })
+        }
+    };
+    if per_user.is_some() && identity.is_none() {
+        return Err(ConfigError::new(
+            "websocket.identity",
+            "max_connections_per_user needs an identity; add \"identity\": {\"header\": \"x-user-id\"} (or a jwt claim)",
+        ));
+    }
+    if ws.require_identity && identity.is_none() {
+        return Err(ConfigError::new(
+            "websocket.require_identity",
+            "require_identity needs an identity source; add \"identity\": {\"header\": \"x-user-id\"} (or a jwt claim)",
+        ));
+    }
+    let connection = ConnectionLimits {
+        max_message_bytes: positive(ws.max_message_bytes, "websocket.max_message_bytes")?,
+        max_messages_per_second: positive(
+            ws.max_messages_per_second,
+            "websocket.max_messages_per_second",
+        )?,
+        idle_timeout_ms: positive(ws.idle_timeout.map(Millis::as_ms), "websocket.idle_timeout")?,
+        max_duration_ms: positive(ws.max_duration.map(Millis::as_ms), "websocket.max_duration")?,
+    };
+    Ok(WebSocketPolicy {
+        max_connections,
+        max_connections_per_user: per_user,
+        identity,
+        require_identity: ws.require_identity,
+        connection,
+    })
+}
+
+fn compile_health(config: &PolicyConfig) -> Result<Option<HealthPolicy>, ConfigError> {
+    let Some(h) = &config.health_checks else {
+        return Ok(None);
+    };
+    if h.interval < Millis(100) {
+        return Err(ConfigError::new(
+            "health_checks.interval",
+            "must be at least 100ms",
+        ));
+    }
+    if h.timeout == Millis::ZERO || h.timeout > h.interval {
+        return Err(ConfigError::new(
+            "health_checks.timeout",
+            format!(
+                "must be greater than zero and at most the interval ({}) so probes never overlap",
+                h.interval
+            ),
+        ));
+    }
+    if !h.path.starts_with('/') {
+        return Err(ConfigError::new(
+            "health_checks.path",
+            format!("\"{}\" must start with \"/\"", h.path),
+        ));
+    }
+    if h.unhealthy_threshold == 0 {
+        return Err(ConfigError::new(
+            "health_checks.unhealthy_threshold",
+            "must be at least 1",
+        ));
+    }
+    if h.healthy_threshold == 0 {
+        return Err(ConfigError::new(
+            "health_checks.healthy_threshold",
+            "must be at least 1",
+        ));
+    }
+    Ok(Some(HealthPolicy {
+        interval: h.interval,
+        timeout: h.timeout,
+        unhealthy_threshold: h.unhealthy_threshold,
+        healthy_threshold: h.healthy_threshold,
+        fail_fast: h.fail_fast,
+    }))
+}
+
+/// Which classes are used by which routes, for the offline validator.
+pub fn routes_by_class(policy: &Policy) -> BTreeMap<&str, Vec<&str>> {
+    let mut map: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for route in &policy.routes {
+        if let Some(class) = policy.class_of(route) {
+            map.entry(class.name.as_str())
+                .or_default()
+                .push(route.name.as_str());
+        }
+    }
+    map
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,307 @@
+use super::*;
+use crate::routing::RouteMatch;
+use serde_json::json;
+
+fn base() -> serde_json::Value {
+    json!({
+        "routes": [
+            {"name": "courses", "prefix": "/api/courses", "cluster": "course_service", "methods": ["GET"], "timeout": "standard"},
+            {"name": "events", "prefix": "/ws/events", "cluster": "event_service", "websocket": true}
+        ],
+        "unknown_route": "reject",
+        "timeouts": {"classes": {"standard": "30s"}, "default_class": "standard"},
+        "status": {"path": "/.edge-guard/status", "allow_cidrs": ["127.0.0.0/8"]}
+    })
+}
+
+fn compile_value(v: &serde_json::Value) -> Result<Policy, ConfigError> {
+    Policy::from_json(v.to_string().as_bytes())
+}
+
+fn error_of(v: serde_json::Value) -> ConfigError {
+    compile_value(&v).expect_err("policy should be refused")
+}
+
+#[test]
+fn parse_config_issue_example_compiles() {
+    let policy = compile_value(&base()).unwrap();
+    assert_eq!(policy.routes.len(), 2);
+    assert_eq!(policy.clusters.len(), 2);
+    assert_eq!(policy.unknown_route, UnknownRoute::Reject);
+    let class = policy.class_of(&policy.routes[1]).unwrap();
+    assert_eq!(
+        (class.total, class.response),
+        (Millis(30_000), Millis(30_000))
+    );
+    assert_eq!(
+        policy.route_table.resolve("/api/courses/7", Method::Get),
+        RouteMatch::Route(0)
+    );
+}
+
+#[test]
+fn parse_config_minimal_uses_defaults() {
+    let policy =
+        Policy::from_json(br#"{"routes": [{"name": "a", "prefix": "/", "cluster": "c"}]}"#)
+            .unwrap();
+    assert_eq!(policy.timeout_classes[0].name, "standard");
+    assert_eq!(policy.status.path, "/.edge-guard/status");
+    assert_eq!(policy.on_mismatch, OnMismatch::Log);
+    assert!(policy.health.is_none());
+    assert_eq!(policy.clusters[0].health_path, "/health");
+}
+
+#[test]
+fn parse_config_malformed_json() {
+    let e = Policy::from_json(b"{\"routes\": [").unwrap_err();
+    assert!(e.problem.contains("not valid JSON"), "{e}");
+}
+
+#[test]
+fn parse_config_unknown_field_names_path() {
+    let mut v = base();
+    v["routes"][0]["prefx"] = json!("/x");
+    let e = error_of(v);
+    assert_eq!(e.path, "routes[0].prefx");
+    assert!(e.problem.contains("unknown field `prefx`"), "{e}");
+    assert!(e.problem.contains("expected one of"), "{e}");
+}
+
+#[test]
+fn parse_config_unknown_top_level_field() {
+    let mut v = base();
+    v["rutes"] = json!([]);
+    assert_eq!(error_of(v).path, "rutes");
+}
+
+#[test]
+fn parse_config_duplicate_route_name() {
+    let mut v = base();
+    v["routes"][1]["name"] = json!("courses");
+    let e = error_of(v);
+    assert_eq!(e.path, "routes[1].name");
+    assert!(e.problem.contains("duplicate route name"), "{e}");
+}
+
+#[test]
+fn parse_config_identical_prefix_overlapping_methods() {
+    let mut v = base();
+    v["routes"][1] = json!({"name": "courses2", "prefix": "/api/courses/", "cluster": "x", "methods": ["GET", "POST"]});
+    let e = error_of(v);
+    assert_eq!(e.path, "routes[1].prefix");
+    assert!(e.problem.contains("routes[0]"), "{e}");
+}
+
+#[test]
+fn parse_config_identical_prefix_disjoint_methods_is_fine() {
+    let mut v = base();
+    v["routes"][1] = json!({"name": "courses_write", "prefix": "/api/courses", "cluster": "x", "methods": ["POST"]});
+    let policy = compile_value(&v).unwrap();
+    assert_eq!(
+        policy.route_table.resolve("/api/courses", Method::Post),
+        RouteMatch::Route(1)
+    );
+}
+
+#[test]
+fn parse_config_prefix_without_methods_overlaps_everything() {
+    let mut v = base();
+    v["routes"][1] = json!({"name": "all", "prefix": "/api/courses", "cluster": "x"});
+    assert_eq!(error_of(v).path, "routes[1].prefix");
+}
+
+#[test]
+fn parse_config_unknown_timeout_class() {
+    let mut v = base();
+    v["timeouts"]["classes"]["upload"] = json!({"total": "120s", "response": "55s"});
+    v["routes"][0]["timeout"] = json!("aggregate");
+    let e = error_of(v);
+    assert_eq!(
+        e.to_string(),
+        "routes[0].timeout: unknown timeout class \"aggregate\"; defined classes: standard, upload"
+    );
+}
+
+#[test]
+fn parse_config_unknown_default_class() {
+    let mut v = base();
+    v["timeouts"]["default_class"] = json!("nope");
+    assert_eq!(error_of(v).path, "timeouts.default_class");
+}
+
+#[test]
+fn parse_config_bad_duration_names_class() {
+    let mut v = base();
+    v["timeouts"]["classes"]["standard"] = json!("30");
+    let e = error_of(v);
+    assert_eq!(e.path, "timeouts.classes.standard");
+    assert!(e.problem.contains("\"30s\""), "{e}");
+}
+
+#[test]
+fn parse_config_bad_split_duration_names_field() {
+    let mut v = base();
+    v["timeouts"]["classes"]["upload"] = json!({"total": "2 minutes", "response": "55s"});
+    let e = error_of(v);
+    assert!(e.path.starts_with("timeouts.classes.upload"), "{e}");
+}
+
+#[test]
+fn parse_config_response_longer_than_total() {
+    let mut v = base();
+    v["timeouts"]["classes"]["upload"] = json!({"total": "10s", "response": "55s"});
+    assert_eq!(error_of(v).path, "timeouts.classes.upload.response");
+}
+
+#[test]
+fn parse_config_load_balancer_rule() {
+    let mut v = base();
+    v["timeouts"]["classes"]["aggregation"] = json!("60s");
+    v["timeouts"]["load_balancer_idle_timeout"] = json!("60s");
+    let e = error_of(v.clone());
+    assert_eq!(e.path, "timeouts.classes.aggregation");
+    assert!(e.problem.contains("60s"), "{e}");
+    assert!(
+        e.problem
+            .contains("raise load_balancer_idle_timeout to at least 65s"),
+        "{e}"
+    );
+    assert!(e.problem.contains("lower the class to at most 55s"), "{e}");
+
+    v["timeouts"]["load_balancer_idle_timeout"] = json!("65s");
+    assert!(compile_value(&v).is_ok());
+}
+
+#[test]
+fn parse_config_load_balancer_rule_uses_response_not_total() {
+    let mut v = base();
+    v["timeouts"]["classes"]["upload"] = json!({"total": "120s", "response": "55s"});
+    v["timeouts"]["load_balancer_idle_timeout"] = json!("65s");
+    assert!(compile_value(&v).is_ok());
+}
+
+#[test]
+fn parse_config_bad_prefix() {
+    let mut v = base();
+    v["routes"][0]["prefix"] = json!("api/courses");
+    let e = error_of(v);
+    assert_eq!(e.path, "routes[0].prefix");
+    assert!(e.problem.contains("must start with"), "{e}");
+}
+
+#[test]
+fn parse_config_unknown_method() {
+    let mut v = base();
+    v["routes"][0]["methods"] = json!(["GET", "get"]);
+    assert_eq!(error_of(v).path, "routes[0].methods[1]");
+}
+
+#[test]
+fn parse_config_unknown_route_mode() {
+    let mut v = base();
+    v["unknown_route"] = json!("drop");
+    let e = error_of(v);
+    assert_eq!(e.path, "unknown_route");
+    assert!(e.problem.contains("reject"), "{e}");
+}
+
+#[test]
+fn parse_config_bad_cidr() {
+    let mut v = base();
+    v["status"]["allow_cidrs"] = json!(["127.0.0.0/8", "10.0.0.0/40"]);
+    assert_eq!(error_of(v).path, "status.allow_cidrs[1]");
+}
+
+#[test]
+fn parse_config_route_name_must_suit_metrics() {
+    let mut v = base();
+    v["routes"][0]["name"] = json!("courses.v1");
+    assert_eq!(error_of(v).path, "routes[0].name");
+}
+
+#[test]
+fn parse_config_websocket_limits_must_be_positive() {
+    let mut v = base();
+    v["websocket"] = json!({"max_connections": 0});
+    assert_eq!(error_of(v).path, "websocket.max_connections");
+}
+
+#[test]
+fn parse_config_websocket_per_user_at_most_instance() {
+    let mut v = base();
+    v["websocket"] = json!({"max_connections": 5, "max_connections_per_user": 6, "identity": {"header": "x-user-id"}});
+    assert_eq!(error_of(v).path, "websocket.max_connections_per_user");
+}
+
+#[test]
+fn parse_config_websocket_per_user_needs_identity() {
+    let mut v = base();
+    v["websocket"] = json!({"max_connections_per_user": 2});
+    assert_eq!(error_of(v).path, "websocket.identity");
+}
+
+#[test]
+fn parse_config_websocket_identity_forms() {
+    let mut v = base();
+    v["websocket"] = json!({"identity": {"jwt": {"payload_key": "jwt_payload", "claim": "sub"}}, "require_identity": true});
+    let policy = compile_value(&v).unwrap();
+    assert!(matches!(
+        policy.websocket.identity,
+        Some(Identity::Jwt { .. })
+    ));
+    v["websocket"] = json!({"identity": {"cookie": "x"}});
+    assert!(error_of(v).path.starts_with("websocket.identity"));
+}
+
+#[test]
+fn parse_config_websocket_durations() {
+    let mut v = base();
+    v["websocket"] = json!({"idle_timeout": "5m", "max_duration": "1h", "max_message_bytes": 1048576, "max_messages_per_second": 50});
+    let policy = compile_value(&v).unwrap();
+    assert_eq!(policy.websocket.connection.idle_timeout_ms, Some(300_000));
+    assert_eq!(policy.websocket.connection.max_duration_ms, Some(3_600_000));
+    v["websocket"]["idle_timeout"] = json!("5 min");
+    assert_eq!(error_of(v).path, "websocket.idle_timeout");
+}
+
+#[test]
+fn parse_config_route_max_connections_only_on_websocket_routes() {
+    let mut v = base();
+    v["routes"][0]["max_connections"] = json!(3);
+    assert_eq!(error_of(v).path, "routes[0].max_connections");
+}
+
+#[test]
+fn parse_config_health_checks() {
+    let mut v = base();
+    v["health_checks"] = json!({"interval": "10s", "timeout": "2s", "path": "/health", "unhealthy_threshold": 3, "healthy_threshold": 1, "fail_fast": true});
+    v["routes"][1]["health_check_path"] = json!("/ws-health");
+    let policy = compile_value(&v).unwrap();
+    assert_eq!(policy.clusters[1].health_path, "/ws-health");
+    assert_eq!(policy.clusters[0].health_path, "/health");
+    v["health_checks"]["timeout"] = json!("20s");
+    assert_eq!(error_of(v).path, "health_checks.timeout");
+}
+
+#[test]
+fn parse_config_conflicting_health_paths_for_one_cluster() {
+    let mut v = base();
+    v["routes"][0]["health_check_path"] = json!("/a");
+    v["routes"][1]["cluster"] = json!("course_service");
+    v["routes"][1]["health_check_path"] = json!("/b");
+    assert_eq!(error_of(v).path, "routes[1].health_check_path");
+}
+
+#[test]
+fn parse_config_routing_mode() {
+    let mut v = base();
+    v["routing"] = json!({"on_mismatch": "reject"});
+    assert_eq!(compile_value(&v).unwrap().on_mismatch, OnMismatch::Reject);
+}
+
+#[test]
+fn parse_config_status_path_must_not_shadow_a_route() {
+    let mut v = base();
+    v["status"]["path"] = json!("/api/courses");
+    assert_eq!(error_of(v).path, "status.path");
+}

