@@ -628,7 +628,7 @@ fn run_with(args: &[&str]) -> RunOutput {
 /// `edge-guard-validate --envoy <repo>/<envoy> --policy <repo>/<policy>` must
 /// report nothing at all. For the shipped config:
 /// `assert_validates_clean("envoy/envoy.yaml", "envoy/policy.json");`
-#[allow(dead_code)] // used once the repo ships envoy/envoy.yaml
+#[cfg_attr(not(feature = "cli"), allow(dead_code))]
 fn assert_validates_clean(envoy: &str, policy: &str) {
     let envoy = repo_path(envoy).display().to_string();
     let policy = repo_path(policy).display().to_string();
@@ -701,6 +701,33 @@ fn cli_json_output() {
 #[cfg(feature = "cli")]
 mod yaml_fixtures {
     use super::*;
+
+    #[test]
+    fn shipped_config_validates_clean() {
+        assert_validates_clean("envoy/envoy.yaml", "envoy/policy.json");
+    }
+
+    /// envoy/envoy.yaml embeds the policy; envoy/policy.json is the same
+    /// document for people to read and tools to take.
+    #[test]
+    fn shipped_policy_is_the_one_embedded_in_the_envoy_config() {
+        let out = run_with(&[
+            "--envoy",
+            &repo_path("envoy/envoy.yaml").display().to_string(),
+        ]);
+        assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+        let with_file = run_with(&[
+            "--envoy",
+            &repo_path("envoy/envoy.yaml").display().to_string(),
+            "--policy",
+            &repo_path("envoy/policy.json").display().to_string(),
+        ]);
+        assert!(
+            !with_file.stdout.contains("policy_differs"),
+            "{}",
+            with_file.stdout
+        );
+    }
 
     fn ids_of(envoy: &str, extra: &[&str]) -> (u8, String) {
         let envoy = fixture(envoy);
