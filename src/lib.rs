@@ -8,6 +8,7 @@
 pub mod deadline;
 pub mod envoy_check;
 pub mod health;
+pub mod json;
 pub mod policy;
 pub mod reply;
 pub mod routing;

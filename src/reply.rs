@@ -4,7 +4,7 @@
 //! `content-type: application/json`. Owns the status code of each error code
 //! (a public contract). Never sends anything itself: the host layer does.
 
-use serde_json::json;
+use crate::json;
 
 /// The documented error codes and their HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,14 +89,13 @@ impl LocalReply {
 /// The JSON body of an error; also used to replace Envoy's own plain-text
 /// 504 when the router's timeout fires.
 pub fn error_body(code: ErrorCode, message: &str, request_id: Option<&str>) -> String {
-    json!({
-        "error": {
-            "code": code.as_str(),
-            "message": message,
-            "request_id": request_id.unwrap_or(""),
-        }
+    json::object(|o| {
+        o.obj("error", |e| {
+            e.str("code", code.as_str())
+                .str("message", message)
+                .str("request_id", request_id.unwrap_or(""));
+        });
     })
-    .to_string()
 }
 
 #[cfg(test)]

@@ -4,9 +4,8 @@
 //! table as edge-guard enforces it, and live counters the host layer gathers.
 //! Never gathers anything itself and never decides who may see it.
 
-use serde_json::{json, Value};
-
-use crate::policy::Policy;
+use crate::json;
+use crate::policy::{Policy, UnknownRoute};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -37,71 +36,83 @@ pub struct RouteMismatch {
 }
 
 pub fn render(policy: &Policy, snapshot: &StatusSnapshot) -> String {
-    let routes: Vec<Value> = policy
-        .routes
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let class = policy.class_of(r);
-            let mut route = json!({
-                "name": r.name,
-                "prefix": r.prefix,
-                "methods": if r.methods.is_any() { Value::Null } else { json!(r.methods.names().collect::<Vec<_>>()) },
-                "cluster": r.cluster,
-                "timeout": class.map(|c| json!({
-                    "class": c.name,
-                    "total_ms": c.total.as_ms(),
-                    "response_ms": c.response.as_ms(),
-                })),
-                "websocket": r.websocket,
-            });
-            if r.websocket {
-                route["websocket_connections"] = json!({
-                    "active": snapshot.websocket_active_by_route.get(i).copied().unwrap_or(0),
-                    "limit": r.max_connections,
+    json::object(|doc| {
+        doc.str("name", "edge-guard").str("version", VERSION);
+        doc.arr("routes", |routes| {
+            for (i, r) in policy.routes.iter().enumerate() {
+                routes.obj(|route| {
+                    route.str("name", &r.name).str("prefix", &r.prefix);
+                    if r.methods.is_any() {
+                        route.null("methods");
+                    } else {
+                        route.arr("methods", |m| {
+                            r.methods.names().for_each(|name| m.str(name))
+                        });
+                    }
+                    route.str("cluster", &r.cluster);
+                    match policy.class_of(r) {
+                        Some(c) => route.obj("timeout", |t| {
+                            t.str("class", &c.name)
+                                .num("total_ms", c.total.as_ms())
+                                .num("response_ms", c.response.as_ms());
+                        }),
+                        None => route.null("timeout"),
+                    };
+                    route.bool("websocket", r.websocket);
+                    if r.websocket {
+                        route.obj("websocket_connections", |w| {
+                            w.num(
+                                "active",
+                                snapshot
+                                    .websocket_active_by_route
+                                    .get(i)
+                                    .copied()
+                                    .unwrap_or(0),
+                            )
+                            .opt_num("limit", r.max_connections.map(u64::from));
+                        });
+                    }
+                    if let Some(m) = snapshot.route_mismatches.iter().find(|m| m.route == i) {
+                        route.obj("mismatch", |o| {
+                            o.str("envoy_cluster", &m.envoy_cluster);
+                        });
+                    }
                 });
             }
-            if let Some(m) = snapshot.route_mismatches.iter().find(|m| m.route == i) {
-                route["mismatch"] = json!({"envoy_cluster": m.envoy_cluster});
+        });
+        doc.arr("clusters", |clusters| {
+            for (i, c) in policy.clusters.iter().enumerate() {
+                let health = snapshot.cluster_health.get(i).copied().flatten();
+                clusters.obj(|o| {
+                    o.str("name", &c.name)
+                        .str("health_path", &c.health_path)
+                        .opt_bool("healthy", health.map(|h| h.healthy))
+                        .opt_num("probes", health.map(|h| h.probes));
+                });
             }
-            route
-        })
-        .collect();
-    let clusters: Vec<Value> = policy
-        .clusters
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let health = snapshot.cluster_health.get(i).copied().flatten();
-            json!({
-                "name": c.name,
-                "health_path": c.health_path,
-                "healthy": health.map(|h| h.healthy),
-                "probes": health.map(|h| h.probes),
-            })
-        })
-        .collect();
-    json!({
-        "name": "edge-guard",
-        "version": VERSION,
-        "routes": routes,
-        "clusters": clusters,
-        "unknown_route": match policy.unknown_route {
-            crate::policy::UnknownRoute::Reject => "reject",
-            crate::policy::UnknownRoute::Allow => "allow",
-        },
-        "websocket": {
-            "active": snapshot.websocket_active,
-            "limit": policy.websocket.max_connections,
-            "per_user_limit": policy.websocket.max_connections_per_user,
-        },
+        });
+        doc.str(
+            "unknown_route",
+            match policy.unknown_route {
+                UnknownRoute::Reject => "reject",
+                UnknownRoute::Allow => "allow",
+            },
+        );
+        doc.obj("websocket", |w| {
+            w.num("active", snapshot.websocket_active)
+                .opt_num("limit", policy.websocket.max_connections.map(u64::from))
+                .opt_num(
+                    "per_user_limit",
+                    policy.websocket.max_connections_per_user.map(u64::from),
+                );
+        });
     })
-    .to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Value};
 
     #[test]
     fn lists_routes_and_live_counts() {

@@ -90,13 +90,6 @@ impl fmt::Display for Millis {
     }
 }
 
-impl<'de> serde::Deserialize<'de> for Millis {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        parse_duration(&text).map_err(serde::de::Error::custom)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

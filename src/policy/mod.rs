@@ -160,33 +160,13 @@ impl Policy {
 
 /// Stage one: JSON → `PolicyConfig`, with the failing field's path.
 pub fn parse(bytes: &[u8]) -> Result<PolicyConfig, ConfigError> {
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let config: PolicyConfig =
-        serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let path = if path == "." { String::new() } else { path };
-            if inner.is_syntax() || inner.is_eof() {
-                ConfigError::new(
-                    "",
-                    format!("the policy is not valid JSON ({inner}); fix the JSON syntax"),
-                )
-            } else {
-                ConfigError::new(path, strip_position(&inner.to_string()))
-            }
-        })?;
-    deserializer
-        .end()
-        .map_err(|e| ConfigError::new("", format!("trailing data after the policy JSON ({e})")))?;
-    Ok(config)
-}
-
-/// serde_json appends " at line L column C"; the path already says where.
-fn strip_position(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(pos) => message.get(..pos).unwrap_or(message).to_string(),
-        None => message.to_string(),
-    }
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        ConfigError::new(
+            "",
+            format!("the policy is not valid JSON ({e}); fix the JSON syntax"),
+        )
+    })?;
+    PolicyConfig::from_value(&value)
 }
 
 fn valid_name(name: &str) -> bool {

@@ -1,0 +1,7 @@
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release -p edge-guard-demo
+
+FROM debian:bookworm-slim
+COPY --from=build /src/target/release/demo-upstream /usr/local/bin/demo-upstream
