@@ -48,11 +48,13 @@ build_wasm() {
   cargo build --quiet --release --target wasm32-wasip1 -p edge-guard
   # wasm-opt shrinks the module by ~15% (rustc cannot do whole-module wasm
   # passes); the features are the ones rustc's wasm32-wasip1 output uses.
-  if [ ! "$WASM.optimized" -nt "$WASM" ]; then
+  # Cargo may put its own (unoptimised) copy back at any later build, with
+  # an old mtime: compare contents with the last optimised output instead.
+  if ! cmp -s "$WASM" "$WASM.optimized"; then
     wasm-opt -O3 --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
       --enable-nontrapping-float-to-int "$WASM" -o "$WASM.opt"
     mv "$WASM.opt" "$WASM"
-    touch "$WASM.optimized"
+    cp "$WASM" "$WASM.optimized"
   fi
   log "built $WASM ($(stat -c %s "$WASM") bytes)"
 }
