@@ -639,7 +639,13 @@ impl HttpContext for EdgeGuardHttp {
                         *phase = Phase::Responded;
                         true
                     }
-                    WatchKind::WebSocket(ws) => return self.websocket_response(ws),
+                    WatchKind::WebSocket(ws) => {
+                        self.websocket_response(ws);
+                        // Anything but a 101 (a refusal, or edge-guard's own
+                        // 504 for an upgrade past its deadline) is a plain
+                        // HTTP response: stop watching so its body passes.
+                        ws.phase != WsPhase::Open
+                    }
                 }
             };
             if release {

@@ -305,3 +305,61 @@ fn parse_config_status_path_must_not_shadow_a_route() {
     v["status"]["path"] = json!("/api/courses");
     assert_eq!(error_of(v).path, "status.path");
 }
+
+#[test]
+fn parse_config_wrong_types_name_the_field() {
+    let e = Policy::from_json(br#"{"routes": {}}"#).unwrap_err();
+    assert_eq!(e.path, "routes");
+    assert!(e.problem.contains("expected an array"), "{e}");
+    let mut v = base();
+    v["routes"][0]["websocket"] = json!("yes");
+    assert_eq!(error_of(v).path, "routes[0].websocket");
+    let mut v = base();
+    v["websocket"] = json!({"max_connections": -1});
+    assert_eq!(error_of(v).path, "websocket.max_connections");
+    let mut v = base();
+    v["websocket"] = json!({"max_connections": 5_000_000_000u64});
+    assert!(error_of(v).problem.contains("too large"));
+}
+
+#[test]
+fn parse_config_missing_required_field() {
+    let mut v = base();
+    v["routes"][0].as_object_mut().unwrap().remove("cluster");
+    let e = error_of(v);
+    assert_eq!(e.path, "routes[0].cluster");
+    assert!(e.problem.contains("missing field"), "{e}");
+}
+
+#[test]
+fn parse_config_split_class_needs_both_budgets() {
+    let mut v = base();
+    v["timeouts"]["classes"]["upload"] = json!({"total": "120s"});
+    assert_eq!(error_of(v).path, "timeouts.classes.upload.response");
+    let mut v = base();
+    v["timeouts"]["classes"]["upload"] = json!(120);
+    assert_eq!(error_of(v).path, "timeouts.classes.upload");
+}
+
+#[test]
+fn parse_config_identity_needs_exactly_one_source() {
+    let mut v = base();
+    v["websocket"] = json!({"identity": {"header": "x-user-id", "jwt": {"payload_key": "p", "claim": "sub"}}});
+    assert_eq!(error_of(v).path, "websocket.identity");
+    let mut v = base();
+    v["websocket"] = json!({"identity": {"jwt": {"payload_key": "p"}}});
+    assert_eq!(error_of(v).path, "websocket.identity.jwt.claim");
+}
+
+#[test]
+fn parse_config_explicit_null_means_default() {
+    let mut v = base();
+    v["routes"][0]["methods"] = serde_json::Value::Null;
+    assert!(compile_value(&v).unwrap().routes[0].methods.is_any());
+}
+
+#[test]
+fn parse_config_trailing_garbage_is_not_json() {
+    let e = Policy::from_json(br#"{"routes": []} x"#).unwrap_err();
+    assert!(e.problem.contains("not valid JSON"), "{e}");
+}

@@ -52,6 +52,7 @@ pub struct EnvoyBuilder {
     policy: Policy,
     clusters: Vec<(String, u16)>,
     extra_clusters_yaml: Vec<String>,
+    http_filters_yaml: Vec<String>,
     routes_yaml: Option<String>,
     concurrency: u32,
     log_level: String,
@@ -59,6 +60,7 @@ pub struct EnvoyBuilder {
     with_filter: bool,
     ready_timeout: Duration,
     extra_args: Vec<String>,
+    internal_cidrs: Vec<String>,
 }
 
 impl EnvoyBuilder {
@@ -79,6 +81,12 @@ impl EnvoyBuilder {
     /// Adds one raw cluster (YAML mapping, written as if at column 0).
     pub fn cluster_yaml(mut self, yaml: &str) -> Self {
         self.extra_clusters_yaml.push(yaml.to_string());
+        self
+    }
+    /// Adds one HTTP filter before the edge-guard filter (YAML mapping written
+    /// as if at column 0, starting with `name:`), e.g. `jwt_authn`.
+    pub fn http_filter_yaml(mut self, yaml: &str) -> Self {
+        self.http_filters_yaml.push(yaml.to_string());
         self
     }
     /// Replaces the routes generated from the policy with this YAML sequence
@@ -109,6 +117,14 @@ impl EnvoyBuilder {
     }
     pub fn ready_timeout(mut self, d: Duration) -> Self {
         self.ready_timeout = d;
+        self
+    }
+    /// Clients in these CIDRs (`"127.0.0.0/8"`) are internal to Envoy
+    /// (HCM `internal_address_config`), as behind a trusted load balancer:
+    /// Envoy then keeps the `x-envoy-*` headers they send, so only the
+    /// filter stands between them and the router.
+    pub fn internal_clients(mut self, cidrs: &[&str]) -> Self {
+        self.internal_cidrs = cidrs.iter().map(|c| c.to_string()).collect();
         self
     }
     /// Any further Envoy command-line argument.
@@ -294,6 +310,7 @@ impl Envoy {
             policy: policy.into(),
             clusters: Vec::new(),
             extra_clusters_yaml: Vec::new(),
+            http_filters_yaml: Vec::new(),
             routes_yaml: None,
             concurrency: 2,
             log_level: "info".into(),
@@ -301,6 +318,7 @@ impl Envoy {
             with_filter: true,
             ready_timeout: READY_TIMEOUT,
             extra_args: Vec::new(),
+            internal_cidrs: Vec::new(),
         }
     }
 
@@ -652,7 +670,23 @@ static_resources:
             }
         }
     }
+    if !b.internal_cidrs.is_empty() {
+        y.push_str("          internal_address_config:\n            cidr_ranges:\n");
+        for cidr in &b.internal_cidrs {
+            let (prefix, len) = cidr.split_once('/').unwrap_or((cidr.as_str(), "32"));
+            let _ = writeln!(
+                y,
+                "            - {{address_prefix: {}, prefix_len: {len}}}",
+                q(prefix)
+            );
+        }
+    }
     y.push_str("          http_filters:\n");
+    for filter in &b.http_filters_yaml {
+        let block = indent(filter, 12);
+        // turn the first line into a list item
+        let _ = write!(y, "          - {}", &block[12..]);
+    }
     if let Some(wasm) = wasm {
         let _ = write!(
             y,
