@@ -427,8 +427,8 @@ impl EdgeGuardHttp {
         host::replace_body(buffer, 0, body_size, &replacement);
         // Towards the sender: with the next chunk that flows its way.
         match dir {
-            Direction::ClientToUpstream => ws.close_owed_to_client = Some(reason),
-            Direction::UpstreamToClient => ws.close_owed_to_upstream = Some(reason),
+            Direction::ClientToUpstream => ws.owe_close(Direction::UpstreamToClient, reason),
+            Direction::UpstreamToClient => ws.owe_close(Direction::ClientToUpstream, reason),
         }
         let teardown = now.saturating_add(CLOSE_GRACE_MS);
         ws.phase = WsPhase::Closing {

@@ -128,18 +128,23 @@ impl EdgeGuardRoot {
                     }
                     host::send_reply(&LocalReply::error(code, message, request_id.as_deref()));
                 }
-                TimerAction::Reset {
-                    context_id,
+                TimerAction::Closed {
                     route,
                     reason,
+                    admission,
                 } => {
+                    log::debug!("websocket on route #{route} closed: {}", reason.as_str());
+                    if let Some(m) = worker.metrics.route(route) {
+                        metrics::increment(m.ws_closed(reason), 1);
+                    }
+                    if let Some(admission) = admission {
+                        worker.release(route, admission);
+                    }
+                }
+                TimerAction::Reset { context_id } => {
                     if hostcalls::set_effective_context(context_id).is_err() {
                         worker.finish(context_id);
                         continue;
-                    }
-                    if let (Some(reason), Some(m)) = (reason, worker.metrics.route(route)) {
-                        metrics::increment(m.ws_closed(reason), 1);
-                        log::debug!("#{context_id} websocket closed: {}", reason.as_str());
                     }
                     let _ = hostcalls::reset_http_request();
                 }

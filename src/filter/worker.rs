@@ -14,7 +14,7 @@ use std::rc::Rc;
 use crate::deadline::{Deadline, DeadlineHit, Phase};
 use crate::policy::Policy;
 use crate::status::ClusterHealth;
-use crate::websocket::monitor::{CloseReason, ConnectionMonitor};
+use crate::websocket::monitor::{CloseReason, ConnectionMonitor, Direction};
 use crate::websocket::slots::{self, Admission};
 
 use super::host::HostStore;
@@ -33,6 +33,10 @@ pub enum WsPhase {
     },
 }
 
+/// How long a connection closed by its idle or lifetime limit has for the
+/// close frames to pass before it is reset.
+const TIMER_CLOSE_GRACE_MS: u64 = 250;
+
 #[derive(Debug)]
 pub struct WebSocketStream {
     pub phase: WsPhase,
@@ -42,6 +46,21 @@ pub struct WebSocketStream {
     /// Close frames still owed to each peer after a limit was broken.
     pub close_owed_to_client: Option<CloseReason>,
     pub close_owed_to_upstream: Option<CloseReason>,
+}
+
+impl WebSocketStream {
+    /// Owes `towards` a close frame, if its stream is between frames (a
+    /// close frame in the middle of a frame would corrupt it: then the
+    /// remaining bytes are just dropped until the reset).
+    pub fn owe_close(&mut self, towards: Direction, reason: CloseReason) {
+        if !self.monitor.at_frame_boundary(towards) {
+            return;
+        }
+        match towards {
+            Direction::ClientToUpstream => self.close_owed_to_upstream = Some(reason),
+            Direction::UpstreamToClient => self.close_owed_to_client = Some(reason),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -76,10 +95,13 @@ pub enum TimerAction {
         request_id: Option<String>,
     },
     /// Tear an upgraded connection down.
-    Reset {
-        context_id: u32,
+    Reset { context_id: u32 },
+    /// A connection hit its idle or lifetime limit: count it and give its
+    /// slot back now (the stream itself is reset at its teardown time).
+    Closed {
         route: usize,
-        reason: Option<CloseReason>,
+        reason: CloseReason,
+        admission: Option<Admission>,
     },
 }
 
@@ -219,13 +241,20 @@ impl Worker {
                     }
                     WsPhase::Open => match ws.monitor.timer_check(limits, now_ms) {
                         Some(reason) => {
-                            ws.phase = WsPhase::Closing {
-                                teardown_ms: u64::MAX,
-                            };
-                            actions.push(TimerAction::Reset {
-                                context_id: id,
+                            // Close politely where the protocol lets us: the
+                            // close frames ride on the next chunk each way (a
+                            // filter cannot write into an idle stream); the
+                            // stream is reset at teardown whatever happens.
+                            // The slot goes back now: the connection is over.
+                            ws.owe_close(Direction::UpstreamToClient, reason);
+                            ws.owe_close(Direction::ClientToUpstream, reason);
+                            let teardown_ms = now_ms.saturating_add(TIMER_CLOSE_GRACE_MS);
+                            ws.phase = WsPhase::Closing { teardown_ms };
+                            reschedule.push((teardown_ms, id));
+                            actions.push(TimerAction::Closed {
                                 route,
-                                reason: Some(reason),
+                                reason,
+                                admission: ws.admission.take(),
                             });
                         }
                         None => {
@@ -239,11 +268,7 @@ impl Worker {
                             ws.phase = WsPhase::Closing {
                                 teardown_ms: u64::MAX,
                             };
-                            actions.push(TimerAction::Reset {
-                                context_id: id,
-                                route,
-                                reason: None,
-                            });
+                            actions.push(TimerAction::Reset { context_id: id });
                         }
                     }
                 },
