@@ -344,7 +344,8 @@ fn parse_config_split_class_needs_both_budgets() {
 #[test]
 fn parse_config_identity_needs_exactly_one_source() {
     let mut v = base();
-    v["websocket"] = json!({"identity": {"header": "x-user-id", "jwt": {"payload_key": "p", "claim": "sub"}}});
+    v["websocket"] =
+        json!({"identity": {"header": "x-user-id", "jwt": {"payload_key": "p", "claim": "sub"}}});
     assert_eq!(error_of(v).path, "websocket.identity");
     let mut v = base();
     v["websocket"] = json!({"identity": {"jwt": {"payload_key": "p"}}});
