@@ -15,7 +15,7 @@ use proxy_wasm::types::{Action, BufferType};
 
 use crate::deadline::{header_value, Deadline, DeadlineHit, Phase};
 use crate::policy::cidr::ip_of_socket_address;
-use crate::policy::{Identity, OnMismatch, Route, UnknownRoute};
+use crate::policy::{Identity, OnMismatch, Route, TimeoutClass, UnknownRoute};
 use crate::reply::{error_body, ErrorCode, LocalReply};
 use crate::routing::{Method, RouteMatch};
 use crate::status::{self, RouteMismatch, StatusSnapshot};
@@ -28,7 +28,7 @@ use super::metrics;
 use super::worker::{WatchKind, Watched, WatchedRef, WebSocketStream, Worker, WsPhase};
 
 /// Headers a client could use to change its own deadline. Removed before
-/// routing; the filter sets the first one itself.
+/// routing; the filter sets `x-envoy-upstream-rq-timeout-ms` itself.
 const CLIENT_DEADLINE_HEADERS: [&str; 3] = [
     "x-envoy-upstream-rq-per-try-timeout-ms",
     "x-envoy-expected-rq-timeout-ms",
@@ -217,36 +217,50 @@ impl EdgeGuardHttp {
                 );
             }
         }
-        for name in CLIENT_DEADLINE_HEADERS {
-            host::set_request_header(name, None);
-        }
         let Some(class) = policy.class_of(route) else {
             return Action::Continue;
         };
-        let now = host::now_ms();
-        worker.now_ms.set(now);
-        let deadline = Deadline::start(class, now);
         if upgrade {
+            remove_client_deadline_headers();
             // The class bounds the upgrade only; Envoy's router timeout would
             // otherwise also bound the established connection.
             host::set_request_header(ROUTER_TIMEOUT_HEADER, None);
-            return self.admit_websocket(id, route, deadline, now);
+            let now = host::now_ms();
+            worker.now_ms.set(now);
+            return self.admit_websocket(id, route, Deadline::start(class, now), now);
         }
+        self.start_deadline(Some(id), class, end_of_stream)
+    }
+
+    /// Starts the exchange's deadline: the router gets the upstream's budget
+    /// now, and a request whose body is still to come is watched by the tick
+    /// for `total`. Client-sent deadline headers are removed first.
+    fn start_deadline(
+        &mut self,
+        route: Option<usize>,
+        class: &TimeoutClass,
+        end_of_stream: bool,
+    ) -> Action {
+        remove_client_deadline_headers();
+        let now = host::now_ms();
+        self.worker.now_ms.set(now);
         self.started_ms = now;
+        let deadline = Deadline::start(class, now);
         host::set_request_header(
             ROUTER_TIMEOUT_HEADER,
             Some(&header_value(deadline.upstream_budget(now))),
         );
         if !end_of_stream {
             let watched = Rc::new(std::cell::RefCell::new(Watched {
-                route: id,
+                route,
                 request_id: self.request_id.clone(),
                 kind: WatchKind::Exchange {
                     phase: Phase::ReceivingRequest,
                     deadline,
                 },
             }));
-            worker.watch(self.id, Rc::clone(&watched), deadline.total_deadline_ms());
+            self.worker
+                .watch(self.id, Rc::clone(&watched), deadline.total_deadline_ms());
             self.watched = Some(watched);
         }
         Action::Continue
@@ -342,7 +356,7 @@ impl EdgeGuardHttp {
             host::set_request_header("sec-websocket-extensions", None);
         }
         let watched = Rc::new(std::cell::RefCell::new(Watched {
-            route: id,
+            route: Some(id),
             request_id: self.request_id.clone(),
             kind: WatchKind::WebSocket(Box::new(WebSocketStream {
                 phase: WsPhase::Upgrading,
@@ -402,7 +416,7 @@ impl EdgeGuardHttp {
         else {
             return Action::Continue;
         };
-        if let Some(m) = self.worker.metrics.route(route) {
+        if let Some(m) = route.and_then(|r| self.worker.metrics.route(r)) {
             metrics::increment(m.ws_closed(reason), 1);
         }
         log::debug!(
@@ -480,6 +494,12 @@ impl EdgeGuardHttp {
         if self.watched.take().is_some() {
             self.worker.finish(self.id);
         }
+    }
+}
+
+fn remove_client_deadline_headers() {
+    for name in CLIENT_DEADLINE_HEADERS {
+        host::set_request_header(name, None);
     }
 }
 
@@ -587,7 +607,14 @@ impl HttpContext for EdgeGuardHttp {
                 Some(("allow", allowed.to_string())),
             ),
             RouteMatch::NotFound => match policy.unknown_route {
-                UnknownRoute::Allow => Action::Continue,
+                // Let through, but never without a deadline: the default class.
+                UnknownRoute::Allow => match policy.timeout_classes.get(policy.default_class) {
+                    Some(class) => {
+                        self.request_id = host::request_header("x-request-id");
+                        self.start_deadline(None, class, end_of_stream)
+                    }
+                    None => Action::Continue,
+                },
                 UnknownRoute::Reject => self.reject(
                     ErrorCode::RouteNotFound,
                     &format!("no route for {path_only}"),
@@ -652,12 +679,11 @@ impl HttpContext for EdgeGuardHttp {
                 self.finish();
             }
         }
-        let Some(route) = self.route else {
-            return Action::Continue;
-        };
+        // Only exchanges whose deadline edge-guard started are timed.
         if self.started_ms == 0 {
             return Action::Continue;
         }
+        let route_metrics = self.route.and_then(|r| self.worker.metrics.route(r));
         if host::response_header(":status").as_deref() == Some("504")
             && host::property_text(vec!["response", "code_details"])
                 .is_some_and(|details| ROUTER_TIMEOUT_DETAILS.contains(&details.as_str()))
@@ -667,11 +693,11 @@ impl HttpContext for EdgeGuardHttp {
             self.rewrite_timeout_body = true;
             host::set_response_header("content-type", Some("application/json"));
             host::set_response_header("content-length", None);
-            if let Some(m) = self.worker.metrics.route(route) {
+            if let Some(m) = route_metrics {
                 metrics::increment(m.deadline_hit(DeadlineHit::UpstreamTimeout), 1);
             }
         }
-        if let Some(m) = self.worker.metrics.route(route) {
+        if let Some(m) = route_metrics {
             metrics::record(
                 m.duration_ms,
                 host::now_ms().saturating_sub(self.started_ms),
@@ -709,8 +735,7 @@ impl EdgeGuardHttp {
     fn websocket_response(&mut self, ws: &mut WebSocketStream) -> Action {
         if self.on_websocket_response(ws) {
             if let Some(admission) = ws.admission.take() {
-                let route = self.route.unwrap_or_default();
-                self.worker.release(route, admission);
+                self.worker.release(self.route, admission);
             }
         }
         Action::Continue

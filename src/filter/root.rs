@@ -123,7 +123,7 @@ impl EdgeGuardRoot {
                             (ErrorCode::UpstreamTimeout, UPSTREAM_TIMEOUT_MESSAGE)
                         }
                     };
-                    if let Some(m) = worker.metrics.route(route) {
+                    if let Some(m) = route.and_then(|r| worker.metrics.route(r)) {
                         metrics::increment(m.deadline_hit(hit), 1);
                     }
                     host::send_reply(&LocalReply::error(code, message, request_id.as_deref()));
@@ -133,8 +133,8 @@ impl EdgeGuardRoot {
                     reason,
                     admission,
                 } => {
-                    log::debug!("websocket on route #{route} closed: {}", reason.as_str());
-                    if let Some(m) = worker.metrics.route(route) {
+                    log::debug!("websocket closed: {}", reason.as_str());
+                    if let Some(m) = route.and_then(|r| worker.metrics.route(r)) {
                         metrics::increment(m.ws_closed(reason), 1);
                     }
                     if let Some(admission) = admission {

@@ -76,7 +76,9 @@ pub enum WatchKind {
 /// A stream the tick has to look at.
 #[derive(Debug)]
 pub struct Watched {
-    pub route: usize,
+    /// The declared route; `None` for a request on no declared route that
+    /// `unknown_route: allow` lets through under the default class.
+    pub route: Option<usize>,
     /// For the replies the tick sends: request headers are out of reach then.
     pub request_id: Option<String>,
     pub kind: WatchKind,
@@ -90,7 +92,7 @@ pub enum TimerAction {
     /// Answer with a deadline error (408 / 504).
     Deadline {
         context_id: u32,
-        route: usize,
+        route: Option<usize>,
         hit: DeadlineHit,
         request_id: Option<String>,
     },
@@ -99,7 +101,7 @@ pub enum TimerAction {
     /// A connection hit its idle or lifetime limit: count it and give its
     /// slot back now (the stream itself is reset at its teardown time).
     Closed {
-        route: usize,
+        route: Option<usize>,
         reason: CloseReason,
         admission: Option<Admission>,
     },
@@ -172,12 +174,12 @@ impl Worker {
         }
     }
 
-    pub fn release(&self, route: usize, admission: Admission) {
+    pub fn release(&self, route: Option<usize>, admission: Admission) {
         if let Err(e) = slots::release(&HostStore, admission) {
             log::error!("edge-guard: releasing a websocket slot failed: {e}");
         }
         metrics::increment(self.metrics.ws_active, -1);
-        if let Some(m) = self.metrics.route(route) {
+        if let Some(m) = route.and_then(|r| self.metrics.route(r)) {
             metrics::increment(m.ws_active, -1);
         }
     }

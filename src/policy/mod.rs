@@ -129,6 +129,9 @@ pub struct Policy {
     pub route_table: RouteTable,
     pub unknown_route: UnknownRoute,
     pub timeout_classes: Vec<TimeoutClass>,
+    /// Index into `timeout_classes`: routes without `timeout`, and requests
+    /// on no declared route when `unknown_route` is `allow`.
+    pub default_class: usize,
     pub load_balancer_idle_timeout: Option<Millis>,
     pub load_balancer_margin: Millis,
     pub status: StatusEndpoint,
@@ -368,6 +371,7 @@ pub fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
         route_table,
         unknown_route: config.unknown_route,
         timeout_classes,
+        default_class,
         load_balancer_idle_timeout: config.timeouts.load_balancer_idle_timeout,
         load_balancer_margin: config.timeouts.load_balancer_margin,
         status,

@@ -499,3 +499,40 @@ fn prometheus_value(text: &str, name: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+// ---- Paths on no declared route ------------------------------------------------------
+
+/// With `unknown_route: allow` a request on no declared route still passes
+/// through Envoy, but never without a deadline: it gets the default class,
+/// and the client's deadline headers are removed as on any route.
+#[test]
+fn unknown_route_allowed_through_still_gets_the_default_class() {
+    let up = Upstream::start("course_service");
+    let mut policy = policy();
+    policy["unknown_route"] = json!("allow");
+    let envoy = Envoy::builder(policy)
+        .upstream(&up)
+        .internal_clients(&["127.0.0.0/8"])
+        .routes_yaml("- name: anything\n  match: {prefix: /}\n  route: {cluster: course_service, timeout: 300s}")
+        .start();
+
+    let resp = envoy.get("/legacy/report");
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let ms = expected_timeout_ms(&resp);
+    assert!(ms > 0 && ms <= 1000, "expected {ms} ms: {resp:?}");
+
+    let start = Instant::now();
+    let resp = envoy.request(
+        Request::get("/legacy/slow?delay_ms=3000")
+            .header("x-envoy-upstream-rq-timeout-ms", "600000")
+            .header("x-request-id", "legacy-1"),
+    );
+    assert_near(
+        start.elapsed(),
+        ONE_S,
+        "unknown route, slow upstream",
+        &resp,
+    );
+    assert_error(&resp, 504, "upstream_timeout");
+    assert_eq!(resp.json()["error"]["request_id"], "legacy-1");
+}
