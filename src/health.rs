@@ -106,10 +106,7 @@ pub fn key(cluster: &str) -> String {
 /// worker on configure; see `shared_store` for why keys are created up front.
 pub fn ensure_records<S: SharedStore>(store: &S, clusters: &[&str]) -> Result<(), HealthError> {
     for cluster in clusters {
-        let key = key(cluster);
-        if store.get(&key)?.is_none() {
-            store.set(&key, &HealthRecord::INITIAL.encode(), 0)?;
-        }
+        store.create_if_absent(&key(cluster), &HealthRecord::INITIAL.encode())?;
     }
     Ok(())
 }

@@ -33,7 +33,25 @@ pub trait SharedStore {
     fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError>;
     /// cas 0 writes unconditionally. A missing key is created whatever the cas.
     fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError>;
+
+    /// Creates `key` with `value` only if it does not exist yet, atomically;
+    /// returns whether this call created it. Built on the two semantics
+    /// above: a write with a cas the host never hands out fails on any
+    /// existing key, and on a missing key the cas is ignored. (Envoy's cas
+    /// counter would have to wrap round to exactly [`NEVER_ISSUED_CAS`] on
+    /// this very key for it to overwrite.) Unlike get-then-set, two workers
+    /// racing here cannot both create.
+    fn create_if_absent(&self, key: &str, value: &[u8]) -> Result<bool, StoreError> {
+        match self.set(key, value, NEVER_ISSUED_CAS) {
+            Ok(()) => Ok(true),
+            Err(StoreError::CasMismatch) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
 }
+
+/// A cas value no write is given in practice (the host counts up from 1).
+pub const NEVER_ISSUED_CAS: u32 = u32::MAX;
 
 /// Why a shared-data operation failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -333,5 +351,30 @@ mod tests {
             StoreError::CasMismatch.to_string(),
             "shared data cas mismatch"
         );
+    }
+}
+
+#[cfg(test)]
+mod create_if_absent_tests {
+    use super::*;
+
+    #[test]
+    fn creates_once_and_never_overwrites() {
+        let store = MemoryStore::new();
+        assert_eq!(store.create_if_absent("k", b"first"), Ok(true));
+        assert_eq!(store.create_if_absent("k", b"second"), Ok(false));
+        assert_eq!(store.value("k"), Some(b"first".to_vec()));
+    }
+
+    #[test]
+    fn a_racing_creator_cannot_reset_a_raised_count() {
+        // Worker A creates the key and raises it; worker B, configuring late,
+        // must not put the zero back (get-then-set would).
+        let store = MemoryStore::new();
+        assert_eq!(store.create_if_absent("count", b"0"), Ok(true));
+        let (_, cas) = store.get("count").unwrap().unwrap();
+        store.set("count", b"1", cas).unwrap();
+        assert_eq!(store.create_if_absent("count", b"0"), Ok(false));
+        assert_eq!(store.value("count"), Some(b"1".to_vec()));
     }
 }

@@ -157,18 +157,16 @@ impl EdgeGuardHttp {
         if let Some(m) = self.worker.metrics.route(id) {
             metrics::increment(m.mismatch, 1);
         }
-        let first_on_worker = {
-            let mut seen = self.worker.mismatches.borrow_mut();
-            match seen.get_mut(id) {
-                Some(slot @ None) => {
-                    *slot = Some(chosen.clone());
-                    true
-                }
-                _ => false,
-            }
-        };
-        if first_on_worker && read_mismatch(route).is_none() {
-            let _ = record_mismatch(route, &chosen);
+        // Logged once per route for the whole instance: the worker's own flag
+        // spares a shared-data write per request, the atomic create decides
+        // which worker logs.
+        let first_on_worker = self
+            .worker
+            .mismatch_seen
+            .borrow_mut()
+            .get_mut(id)
+            .is_some_and(|seen| !std::mem::replace(seen, true));
+        if first_on_worker && record_mismatch(route, &chosen) {
             log::warn!(
                 "edge-guard: route {} declares cluster {} but Envoy routes it to {}; counted in edge_guard.route.{}.mismatch, not logged again",
                 route.name,
@@ -519,10 +517,14 @@ fn read_mismatch(route: &Route) -> Option<String> {
         .map(|(value, _)| String::from_utf8_lossy(&value).into_owned())
 }
 
-fn record_mismatch(route: &Route, chosen: &str) -> Result<(), crate::shared_store::StoreError> {
+/// Records the first mismatch of `route` for the whole instance; true for
+/// the one call that recorded it.
+fn record_mismatch(route: &Route, chosen: &str) -> bool {
     use crate::shared_store::SharedStore;
     let value = if chosen.is_empty() { "(none)" } else { chosen };
-    HostStore.set(&mismatch_key(route), value.as_bytes(), 0)
+    HostStore
+        .create_if_absent(&mismatch_key(route), value.as_bytes())
+        .unwrap_or(false)
 }
 
 /// A body chunk read lazily from the host: whole when small, otherwise only

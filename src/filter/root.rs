@@ -15,6 +15,7 @@ use crate::deadline::DeadlineHit;
 use crate::health::{self, Thresholds, Transition};
 use crate::policy::Policy;
 use crate::reply::{ErrorCode, LocalReply};
+use crate::shared_store::SharedStore;
 use crate::status::{ClusterHealth, VERSION};
 use crate::websocket::slots;
 
@@ -69,26 +70,11 @@ impl EdgeGuardRoot {
                 .map_err(|e| format!("creating health records: {e}"))?;
         }
 
-        log::info!(
-            "edge-guard {VERSION}: {} routes, unknown_route={:?}, status at {}",
-            policy.routes.len(),
-            policy.unknown_route,
-            policy.status.path
-        );
-        for route in &policy.routes {
-            log::info!(
-                "edge-guard route {}: prefix={} methods={} cluster={} class={} websocket={}",
-                route.name,
-                route.prefix,
-                if route.methods.is_any() {
-                    "*".to_string()
-                } else {
-                    route.methods.to_string()
-                },
-                route.cluster,
-                policy.class_of(route).map_or("?", |c| c.name.as_str()),
-                route.websocket
-            );
+        // Every root context (each worker, and Envoy's main thread) configures
+        // the same policy: the routing table is logged by the first only.
+        let table_key = format!("eg.table.{:016x}", fnv1a64(&bytes));
+        if HostStore.create_if_absent(&table_key, b"1").unwrap_or(true) {
+            log_routing_table(&policy);
         }
 
         let metrics = Metrics::define(&policy);
@@ -281,6 +267,37 @@ impl EdgeGuardRoot {
             Err(e) => log::warn!("edge-guard: recording the probe of {}: {e}", cluster.name),
         }
     }
+}
+
+fn log_routing_table(policy: &Policy) {
+    log::info!(
+        "edge-guard {VERSION}: {} routes, unknown_route={:?}, status at {}",
+        policy.routes.len(),
+        policy.unknown_route,
+        policy.status.path
+    );
+    for route in &policy.routes {
+        log::info!(
+            "edge-guard route {}: prefix={} methods={} cluster={} class={} websocket={}",
+            route.name,
+            route.prefix,
+            if route.methods.is_any() {
+                "*".to_string()
+            } else {
+                route.methods.to_string()
+            },
+            route.cluster,
+            policy.class_of(route).map_or("?", |c| c.name.as_str()),
+            route.websocket
+        );
+    }
+}
+
+/// A stable fingerprint of the policy bytes, to recognise the same policy.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 impl Context for EdgeGuardRoot {

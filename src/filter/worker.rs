@@ -122,8 +122,8 @@ pub struct Worker {
     pub timers: RefCell<Timers>,
     /// Per cluster, refreshed from shared data by the tick.
     pub health: RefCell<Vec<Option<ClusterHealth>>>,
-    /// Per route: the cluster Envoy chose when it first disagreed (logged once).
-    pub mismatches: RefCell<Vec<Option<String>>>,
+    /// Per route: this worker has seen Envoy disagree with the policy.
+    pub mismatch_seen: RefCell<Vec<bool>>,
 }
 
 impl Worker {
@@ -136,7 +136,7 @@ impl Worker {
             now_ms: Cell::new(now_ms),
             timers: RefCell::new(Timers::default()),
             health: RefCell::new(vec![None; clusters]),
-            mismatches: RefCell::new(vec![None; routes]),
+            mismatch_seen: RefCell::new(vec![false; routes]),
         }
     }
 

@@ -137,14 +137,10 @@ pub fn user_shard_key(shard: u32) -> String {
 
 /// Creates every missing key with its zero value: the instance key, one per route, and
 /// the [`N_SHARDS`] user shards. Call it in `on_configure` on every worker, before any
-/// traffic. Only writes when `get` says not found, so existing counts (e.g. after a VM
-/// reload: shared data outlives it) are kept.
+/// traffic. Existing counts (e.g. after a VM reload: shared data outlives it) are kept.
 ///
-/// Residual race: two workers configuring at the same time can both see "not found" and
-/// both create the key (the cas is ignored on create). They write the same zero value
-/// before either takes traffic, so it is harmless. A route added by a config update
-/// while traffic flows is created before that route can be matched (the new config is
-/// only used after `on_configure` returns), so the same holds.
+/// Creation is atomic ([`SharedStore::create_if_absent`]): a worker configuring late
+/// can never reset a count another worker has already raised.
 pub fn ensure_keys<S: SharedStore + ?Sized>(
     store: &S,
     route_names: &[&str],
@@ -164,9 +160,7 @@ fn ensure_key<S: SharedStore + ?Sized>(
     key: &str,
     zero: &[u8],
 ) -> Result<(), StoreError> {
-    if store.get(key)?.is_none() {
-        store.set(key, zero, 0)?;
-    }
+    store.create_if_absent(key, zero)?;
     Ok(())
 }
 
