@@ -162,7 +162,14 @@ pub fn claim_probe<S: SharedStore>(
         if now_ms < record.next_probe_ms {
             return None;
         }
-        record.next_probe_ms = now_ms.saturating_add(interval_ms);
+        // The next probe is due one interval after this one was due, so tick
+        // lateness does not add up; after a stall, one interval from now.
+        let after_due = record.next_probe_ms.saturating_add(interval_ms);
+        record.next_probe_ms = if record.next_probe_ms != 0 && after_due > now_ms {
+            after_due
+        } else {
+            now_ms.saturating_add(interval_ms)
+        };
         record.probes = record.probes.saturating_add(1);
         Some(())
     })?;
@@ -262,6 +269,19 @@ mod tests {
         assert!(!claim_probe(&store, "a", 10_999, 10_000).unwrap());
         assert!(claim_probe(&store, "a", 11_000, 10_000).unwrap());
         assert_eq!(read(&store, "a").unwrap().probes, 2);
+    }
+
+    #[test]
+    fn late_claims_do_not_drift() {
+        let store = store_with("a");
+        assert!(claim_probe(&store, "a", 1_000, 1_000).unwrap());
+        // Each claim comes a 50 ms tick late; the schedule stays on the grid.
+        assert!(claim_probe(&store, "a", 2_050, 1_000).unwrap());
+        assert!(!claim_probe(&store, "a", 2_990, 1_000).unwrap());
+        assert!(claim_probe(&store, "a", 3_000, 1_000).unwrap());
+        // After a long stall the next probe is one interval from now.
+        assert!(claim_probe(&store, "a", 10_000, 1_000).unwrap());
+        assert!(!claim_probe(&store, "a", 10_999, 1_000).unwrap());
     }
 
     #[test]

@@ -34,8 +34,6 @@ pub struct EdgeGuardRoot {
     worker: Option<Rc<Worker>>,
     /// Health probes in flight: call token → cluster index.
     probes: HashMap<u32, usize>,
-    /// Per cluster: earliest time this worker should try to claim a probe.
-    next_probe_ms: Vec<u64>,
     next_reap_ms: u64,
 }
 
@@ -45,7 +43,6 @@ impl EdgeGuardRoot {
             context_id,
             worker: None,
             probes: HashMap::new(),
-            next_probe_ms: Vec::new(),
             next_reap_ms: 0,
         }
     }
@@ -78,7 +75,6 @@ impl EdgeGuardRoot {
         }
 
         let metrics = Metrics::define(&policy);
-        self.next_probe_ms = vec![0; policy.clusters.len()];
         let worker = Worker::new(Rc::new(policy), metrics, host::now_ms());
         self.worker = Some(Rc::new(worker));
         Ok(())
@@ -182,22 +178,15 @@ impl EdgeGuardRoot {
                     metrics::record(m.healthy, u64::from(record.healthy));
                 }
             }
-            let due = self
-                .next_probe_ms
-                .get(index)
-                .copied()
-                .unwrap_or(0)
-                .max(record.next_probe_ms);
-            if now_ms < due || self.probes.values().any(|c| *c == index) {
+            // The shared record says when the next probe is due; the claim
+            // makes exactly one worker take it.
+            if now_ms < record.next_probe_ms || self.probes.values().any(|c| *c == index) {
                 continue;
             }
             match health::claim_probe(&HostStore, &cluster.name, now_ms, policy.interval.as_ms()) {
                 Ok(true) => self.dispatch_probe(worker, index, policy.timeout.as_ms()),
                 Ok(false) => {}
                 Err(e) => log::warn!("edge-guard: claiming the probe of {}: {e}", cluster.name),
-            }
-            if let Some(next) = self.next_probe_ms.get_mut(index) {
-                *next = now_ms.saturating_add(policy.interval.as_ms());
             }
         }
     }
