@@ -3,9 +3,10 @@
 //! Owns the order of the per-request decisions — status endpoint, route
 //! table, Envoy cross-check, health, deadline or WebSocket admission — and
 //! carries each out with as few host calls as it can. A plain GET on a known
-//! route costs: two header reads and the upgrade check, one property read,
-//! the deadline header set and three header removals, one clock read per
-//! end, the `:status` read and one histogram record.
+//! route costs: four header reads (`:path`, `:method`, `x-request-id`,
+//! `upgrade`), one property read (`xds.cluster_name`), three header removals
+//! and the deadline header set, one clock read per end, the `:status` read
+//! and one histogram record.
 
 use std::rc::Rc;
 
@@ -84,8 +85,15 @@ impl EdgeGuardHttp {
         extra: Option<(&'static str, String)>,
     ) -> Action {
         metrics::increment(self.worker.metrics.rejected(code), 1);
-        let request_id = host::request_header("x-request-id");
-        let mut reply = LocalReply::error(code, message, request_id.as_deref());
+        let read_now;
+        let request_id = match &self.request_id {
+            Some(id) => Some(id.as_str()),
+            None => {
+                read_now = host::request_header("x-request-id");
+                read_now.as_deref()
+            }
+        };
+        let mut reply = LocalReply::error(code, message, request_id);
         if let Some((name, value)) = extra {
             reply = reply.with_header(name, value);
         }

@@ -4,6 +4,7 @@
 //! deadlines and WebSocket timers, the health probes and the slot reaper.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use proxy_wasm::types::{ContextType, LogLevel, MapType};
 
 use crate::deadline::DeadlineHit;
 use crate::health::{self, Thresholds, Transition};
-use crate::policy::Policy;
+use crate::policy::{ConfigError, Policy};
 use crate::reply::{ErrorCode, LocalReply};
 use crate::shared_store::SharedStore;
 use crate::status::{ClusterHealth, VERSION};
@@ -28,6 +29,26 @@ use super::worker::{TimerAction, Worker};
 const TICK: Duration = Duration::from_millis(50);
 /// How often the reaper checks that every held slot's stream still exists.
 const REAP_EVERY_MS: u64 = 5_000;
+
+/// Why `on_configure` refused: Envoy then rejects the configuration.
+#[derive(Debug)]
+enum ConfigureError {
+    NoConfiguration,
+    Policy(ConfigError),
+    SharedData(String),
+}
+
+impl fmt::Display for ConfigureError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigureError::NoConfiguration => f.write_str(
+                "no configuration: set the policy JSON as the filter's `configuration` (a google.protobuf.StringValue)",
+            ),
+            ConfigureError::Policy(e) => write!(f, "invalid policy: {e}"),
+            ConfigureError::SharedData(e) => write!(f, "cannot create shared counters: {e}"),
+        }
+    }
+}
 
 pub struct EdgeGuardRoot {
     context_id: u32,
@@ -47,11 +68,11 @@ impl EdgeGuardRoot {
         }
     }
 
-    fn configure(&mut self) -> Result<(), String> {
-        let bytes = self.get_plugin_configuration().ok_or(
-            "no configuration: set the policy JSON as the filter's `configuration` (StringValue)",
-        )?;
-        let policy = Policy::from_json(&bytes).map_err(|e| e.to_string())?;
+    fn configure(&mut self) -> Result<(), ConfigureError> {
+        let bytes = self
+            .get_plugin_configuration()
+            .ok_or(ConfigureError::NoConfiguration)?;
+        let policy = Policy::from_json(&bytes).map_err(ConfigureError::Policy)?;
 
         let route_names: Vec<&str> = policy
             .routes
@@ -60,11 +81,11 @@ impl EdgeGuardRoot {
             .map(|r| r.name.as_str())
             .collect();
         slots::ensure_keys(&HostStore, &route_names)
-            .map_err(|e| format!("creating websocket counters: {e}"))?;
+            .map_err(|e| ConfigureError::SharedData(e.to_string()))?;
         if policy.health.is_some() {
             let clusters: Vec<&str> = policy.clusters.iter().map(|c| c.name.as_str()).collect();
             health::ensure_records(&HostStore, &clusters)
-                .map_err(|e| format!("creating health records: {e}"))?;
+                .map_err(|e| ConfigureError::SharedData(e.to_string()))?;
         }
 
         // Every root context (each worker, and Envoy's main thread) configures
@@ -325,8 +346,8 @@ impl RootContext for EdgeGuardRoot {
                 self.set_tick_period(TICK);
                 true
             }
-            Err(message) => {
-                log::error!("edge-guard: invalid policy: {message}");
+            Err(error) => {
+                log::error!("edge-guard: {error}");
                 false
             }
         }
