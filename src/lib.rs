@@ -7,6 +7,7 @@
 
 pub mod deadline;
 pub mod envoy_check;
+pub mod headers;
 pub mod health;
 pub mod json;
 pub mod policy;

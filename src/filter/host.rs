@@ -7,6 +7,7 @@ use std::time::UNIX_EPOCH;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, Status};
 
+use crate::headers::{HeaderPairs, RequestHead};
 use crate::reply::LocalReply;
 use crate::shared_store::{SharedStore, StoreError};
 
@@ -40,6 +41,37 @@ pub fn now_ms() -> u64 {
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    // The ABI function behind the SDK's `get_map_bytes`, called directly so
+    // that the map is read in place instead of copied into a String and a
+    // Vec per header.
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> Status;
+}
+
+/// The request head from one host call. Only valid during request callbacks.
+pub fn request_head() -> RequestHead {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: on success the host hands over a buffer of `size` bytes that it
+    // allocated through this module's `proxy_on_memory_allocate` (the SDK's
+    // allocator), so this module owns it and frees it as a Vec.
+    let bytes = unsafe {
+        if proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size)
+            != Status::Ok
+            || data.is_null()
+        {
+            return RequestHead::default();
+        }
+        Vec::from_raw_parts(data, size, size)
+    };
+    RequestHead::from_pairs(HeaderPairs::new(&bytes))
 }
 
 /// A request header as text. Read as bytes: the SDK's `String` variant

@@ -1,0 +1,191 @@
+//! The request head as edge-guard needs it, read from Envoy's serialized
+//! header map in one pass.
+//!
+//! Owns the decoding of proxy-wasm's header-map wire format (a u32 count,
+//! then a u32 key length and a u32 value length per pair, then each key and
+//! value followed by a NUL; little endian) and the selection of the few
+//! headers the request path looks at. One host call and no per-header
+//! allocation replace a host call per header. Never panics on malformed
+//! input: a short buffer just ends the iteration.
+
+/// Headers a client could use to change its own deadline; edge-guard
+/// removes each one a client sent, and sets the router's itself.
+pub const CLIENT_DEADLINE_HEADERS: [&str; 4] = [
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-upstream-rq-timeout-alt-response",
+];
+
+/// The (name, value) pairs of a serialized header map, borrowed.
+pub struct HeaderPairs<'a> {
+    bytes: &'a [u8],
+    count: usize,
+    next: usize,
+    data_at: usize,
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> Option<usize> {
+    let raw: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
+    usize::try_from(u32::from_le_bytes(raw)).ok()
+}
+
+impl<'a> HeaderPairs<'a> {
+    pub fn new(bytes: &'a [u8]) -> HeaderPairs<'a> {
+        let count = read_u32(bytes, 0).unwrap_or(0);
+        HeaderPairs {
+            bytes,
+            count,
+            next: 0,
+            data_at: count.saturating_mul(8).saturating_add(4),
+        }
+    }
+}
+
+impl<'a> Iterator for HeaderPairs<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.count {
+            return None;
+        }
+        let sizes = 4 + self.next * 8;
+        let key_len = read_u32(self.bytes, sizes)?;
+        let value_len = read_u32(self.bytes, sizes + 4)?;
+        let key_end = self.data_at.checked_add(key_len)?;
+        let key = self.bytes.get(self.data_at..key_end)?;
+        let value_at = key_end.checked_add(1)?;
+        let value_end = value_at.checked_add(value_len)?;
+        let value = self.bytes.get(value_at..value_end)?;
+        self.data_at = value_end.checked_add(1)?;
+        self.next += 1;
+        Some((key, value))
+    }
+}
+
+/// What the request path needs from the request headers.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    pub path: Option<String>,
+    pub method: Option<String>,
+    pub request_id: Option<String>,
+    /// `upgrade: websocket` (any case).
+    pub websocket_upgrade: bool,
+    /// Which of `CLIENT_DEADLINE_HEADERS` the client sent (bit i = entry i).
+    pub client_deadline_headers: u8,
+}
+
+fn text(value: &[u8]) -> String {
+    String::from_utf8_lossy(value).into_owned()
+}
+
+impl RequestHead {
+    pub fn from_pairs<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> RequestHead {
+        let mut head = RequestHead::default();
+        for (name, value) in pairs {
+            match name {
+                b":path" => head.path = Some(text(value)),
+                b":method" => head.method = Some(text(value)),
+                b"x-request-id" => head.request_id = Some(text(value)),
+                b"upgrade" => head.websocket_upgrade = value.eq_ignore_ascii_case(b"websocket"),
+                _ if name.starts_with(b"x-envoy-") => {
+                    for (bit, deadline) in CLIENT_DEADLINE_HEADERS.iter().enumerate() {
+                        if name == deadline.as_bytes() {
+                            head.client_deadline_headers |= 1 << bit;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        head
+    }
+
+    /// The deadline headers the client sent, to remove.
+    pub fn client_deadline_headers(&self) -> impl Iterator<Item = &'static str> + '_ {
+        CLIENT_DEADLINE_HEADERS
+            .iter()
+            .enumerate()
+            .filter(|(bit, _)| self.client_deadline_headers & (1 << bit) != 0)
+            .map(|(_, name)| *name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serialize(pairs: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
+        for (k, v) in pairs {
+            out.extend((k.len() as u32).to_le_bytes());
+            out.extend((v.len() as u32).to_le_bytes());
+        }
+        for (k, v) in pairs {
+            out.extend(k.as_bytes());
+            out.push(0);
+            out.extend(*v);
+            out.push(0);
+        }
+        out
+    }
+
+    #[test]
+    fn reads_every_pair_of_envoys_format() {
+        let bytes = serialize(&[(":path", b"/a?b"), (":method", b"GET"), ("empty", b"")]);
+        let pairs: Vec<_> = HeaderPairs::new(&bytes).collect();
+        assert_eq!(
+            pairs,
+            vec![
+                (&b":path"[..], &b"/a?b"[..]),
+                (&b":method"[..], &b"GET"[..]),
+                (&b"empty"[..], &b""[..])
+            ]
+        );
+    }
+
+    #[test]
+    fn truncated_or_empty_input_ends_quietly() {
+        let bytes = serialize(&[(":path", b"/a"), (":method", b"GET")]);
+        for cut in 0..bytes.len() {
+            let _ = HeaderPairs::new(&bytes[..cut]).count();
+        }
+        assert_eq!(HeaderPairs::new(&[]).count(), 0);
+        let mut lying = bytes.clone();
+        lying[0] = 200;
+        assert!(HeaderPairs::new(&lying).count() <= 2);
+    }
+
+    #[test]
+    fn picks_out_what_the_request_path_needs() {
+        let bytes = serialize(&[
+            (":path", b"/ws/events"),
+            (":method", b"GET"),
+            ("x-request-id", b"abc"),
+            ("upgrade", b"WebSocket"),
+            ("x-envoy-expected-rq-timeout-ms", b"1"),
+            ("x-envoy-upstream-rq-timeout-alt-response", b"204"),
+            ("x-envoy-other", b"x"),
+            ("x-user-id", b"\xff\xfe"),
+        ]);
+        let head = RequestHead::from_pairs(HeaderPairs::new(&bytes));
+        assert_eq!(head.path.as_deref(), Some("/ws/events"));
+        assert_eq!(head.method.as_deref(), Some("GET"));
+        assert_eq!(head.request_id.as_deref(), Some("abc"));
+        assert!(head.websocket_upgrade);
+        assert_eq!(
+            head.client_deadline_headers().collect::<Vec<_>>(),
+            vec![
+                "x-envoy-expected-rq-timeout-ms",
+                "x-envoy-upstream-rq-timeout-alt-response"
+            ]
+        );
+    }
+
+    #[test]
+    fn non_utf8_values_do_not_panic() {
+        let bytes = serialize(&[(":path", b"/a\xff")]);
+        let head = RequestHead::from_pairs(HeaderPairs::new(&bytes));
+        assert_eq!(head.path.as_deref(), Some("/a\u{fffd}"));
+    }
+}
