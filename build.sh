@@ -41,18 +41,24 @@ ensure_wasm_opt() {
   fi
 }
 
+# wasm-opt shrinks a module by ~15% (rustc cannot do whole-module wasm
+# passes); the features are the ones rustc's wasm32-wasip1 output uses. The
+# benchmark post-processes its pass-through filter with this same function.
+optimise_wasm() {
+  ensure_wasm_opt
+  wasm-opt -O3 --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+    --enable-nontrapping-float-to-int "$1" -o "$2"
+}
+
 build_wasm() {
   ensure_rust_target
   ensure_wasm_opt
   log "building the wasm filter"
   cargo build --quiet --release --target wasm32-wasip1 -p edge-guard
-  # wasm-opt shrinks the module by ~15% (rustc cannot do whole-module wasm
-  # passes); the features are the ones rustc's wasm32-wasip1 output uses.
   # Cargo may put its own (unoptimised) copy back at any later build, with
   # an old mtime: compare contents with the last optimised output instead.
   if ! cmp -s "$WASM" "$WASM.optimized"; then
-    wasm-opt -O3 --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
-      --enable-nontrapping-float-to-int "$WASM" -o "$WASM.opt"
+    optimise_wasm "$WASM" "$WASM.opt"
     mv "$WASM.opt" "$WASM"
     cp "$WASM" "$WASM.optimized"
   fi
@@ -127,6 +133,7 @@ cmd="${1:-}"
 case "$cmd" in
   build) build_wasm ;;
   setup) ensure_rust_target; ensure_envoy ;;
+  optimise-wasm) optimise_wasm "$1" "$2" ;;
   run) cmd_run ;;
   test) cmd_test ;;
   validate)

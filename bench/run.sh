@@ -41,16 +41,10 @@ log "building the pass-through filter, the demo upstream and the load clients"
 PASSTHROUGH="$WORK/target-passthrough/wasm32-wasip1/release/passthrough.wasm"
 cargo build --quiet --release --target wasm32-wasip1 \
   --manifest-path benches/passthrough/Cargo.toml --target-dir "$WORK/target-passthrough"
-# The same post-processing as build.sh's build_wasm gives edge_guard.wasm
-# (keep the two identical), so that both filters are built the same way.
-if command -v wasm-opt >/dev/null && grep -q 'wasm-opt -O3' "$ROOT/build.sh"; then
-  wasm-opt -O3 --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
-    --enable-nontrapping-float-to-int "$PASSTHROUGH" -o "$WORK/passthrough.wasm"
-  POST="wasm-opt -O3"
-else
-  POST="none"
-  cp "$PASSTHROUGH" "$WORK/passthrough.wasm"
-fi
+# The same post-processing as edge_guard.wasm (build.sh's optimise_wasm), so
+# that both filters are built the same way.
+"$ROOT/build.sh" optimise-wasm "$PASSTHROUGH" "$WORK/passthrough.wasm"
+POST="wasm-opt -O3"
 cargo build --quiet --release -p edge-guard-demo
 cargo build --quiet --release \
   --manifest-path bench/tools/Cargo.toml --target-dir "$WORK/target-tools"

@@ -134,6 +134,27 @@ impl Response {
             .unwrap_or_else(|e| panic!("response body is not JSON ({e}): {self:?}"))
     }
     /// `error.code` of edge-guard's JSON error shape, if the body has one.
+    /// Asserts edge-guard's JSON error shape (`{"error": {"code", "message",
+    /// "request_id"}}` with `content-type: application/json`) with this
+    /// status and code; returns the `error` object for further checks.
+    pub fn assert_error(&self, status: u16, code: &str) -> Value {
+        assert_eq!(self.status, status, "{self:?}");
+        let ct = self.header("content-type").unwrap_or("");
+        assert!(
+            ct.starts_with("application/json"),
+            "content-type {ct:?}: {self:?}"
+        );
+        let body = self.json();
+        let error = &body["error"];
+        assert_eq!(error["code"], code, "{self:?}");
+        assert!(
+            error["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "no message: {self:?}"
+        );
+        assert!(error["request_id"].is_string(), "no request_id: {self:?}");
+        error.clone()
+    }
+
     pub fn error_code(&self) -> Option<String> {
         serde_json::from_slice::<Value>(&self.body).ok()?["error"]["code"]
             .as_str()

@@ -70,23 +70,6 @@ fn assert_near(elapsed: Duration, expected: Duration, what: &str, context: &dyn 
     );
 }
 
-/// Asserts edge-guard's JSON error shape with `status` and `code`.
-fn assert_error(resp: &Response, status: u16, code: &str) {
-    assert_eq!(resp.status, status, "{resp:?}");
-    let ct = resp.header("content-type").unwrap_or("");
-    assert!(
-        ct.starts_with("application/json"),
-        "content-type {ct:?}: {resp:?}"
-    );
-    assert_eq!(resp.error_code().as_deref(), Some(code), "{resp:?}");
-    assert!(
-        resp.json()["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
-        "no message: {resp:?}"
-    );
-}
-
 /// The headers the demo upstream received, as it echoed them.
 fn upstream_headers(resp: &Response) -> Value {
     assert_eq!(resp.status, 200, "{resp:?}");
@@ -112,7 +95,7 @@ fn upstream_slower_than_response_gets_504_upstream_timeout_at_response_not_at_th
     let resp = envoy.request(
         Request::get("/api/quick/report?delay_ms=4000").header("x-request-id", "req-deadline-1"),
     );
-    assert_error(&resp, 504, "upstream_timeout");
+    resp.assert_error(504, "upstream_timeout");
     assert_eq!(
         resp.json()["error"]["request_id"],
         "req-deadline-1",
@@ -136,7 +119,7 @@ fn body_sent_slower_than_total_gets_408_request_timeout_at_total_and_the_upstrea
         1,
         Duration::from_millis(100),
     );
-    assert_error(&upload.resp, 408, "request_timeout");
+    upload.resp.assert_error(408, "request_timeout");
     assert_eq!(
         upload.json()["error"]["request_id"],
         "req-deadline-2",
@@ -196,7 +179,7 @@ fn total_is_enforced_on_every_worker() {
                 .collect();
             for upload in uploads {
                 let upload = upload.join().expect("upload thread");
-                assert_error(&upload.resp, 408, "request_timeout");
+                upload.resp.assert_error(408, "request_timeout");
                 assert_near(upload.elapsed, ONE_S, "408 on a 1s class", &upload);
             }
         });
@@ -224,7 +207,7 @@ fn upload_that_eats_into_total_leaves_the_upstream_only_the_rest_of_total() {
         Duration::from_millis(500),
     );
     assert!(upload.body_complete, "{upload:?}");
-    assert_error(&upload.resp, 504, "upstream_timeout");
+    upload.resp.assert_error(504, "upstream_timeout");
     assert_near(upload.elapsed, THREE_S, "504 at total", &upload);
 }
 
@@ -233,7 +216,7 @@ fn upload_finished_fast_leaves_the_upstream_the_whole_response_budget() {
     let (_up, envoy) = stack();
     let resp =
         envoy.request(Request::post("/api/uploads/file?delay_ms=4000").body(vec![b'x'; 2048]));
-    assert_error(&resp, 504, "upstream_timeout");
+    resp.assert_error(504, "upstream_timeout");
     assert_near(
         resp.elapsed,
         ONE_S,
@@ -257,7 +240,7 @@ fn spoofed_router_timeout_header_changes_nothing() {
         Request::get("/api/quick/report?delay_ms=4000")
             .header("x-envoy-upstream-rq-timeout-ms", "600000"),
     );
-    assert_error(&resp, 504, "upstream_timeout");
+    resp.assert_error(504, "upstream_timeout");
     assert_near(resp.elapsed, ONE_S, "504 despite a 600 s header", &resp);
 
     // Nor with a body (the deadline is watched by the tick then too).
@@ -267,7 +250,7 @@ fn spoofed_router_timeout_header_changes_nothing() {
             .header("x-envoy-upstream-rq-per-try-timeout-ms", "600000")
             .body("{}"),
     );
-    assert_error(&resp, 504, "upstream_timeout");
+    resp.assert_error(504, "upstream_timeout");
     assert_near(resp.elapsed, ONE_S, "504 despite 600 s headers", &resp);
 }
 
@@ -437,9 +420,9 @@ fn class_within_the_load_balancer_idle_timeout_and_margin_starts() {
 fn deadline_hits_are_counted_per_route_and_class_and_durations_reach_prometheus() {
     let (_up, envoy) = stack();
     let resp = envoy.get("/api/quick/report?delay_ms=4000");
-    assert_error(&resp, 504, "upstream_timeout");
+    resp.assert_error(504, "upstream_timeout");
     let upload = envoy.slow_upload("/api/quick/upload", 100, 1, Duration::from_millis(100));
-    assert_error(&upload.resp, 408, "request_timeout");
+    upload.resp.assert_error(408, "request_timeout");
     assert_eq!(envoy.get("/api/quick/report").status, 200);
 
     let base = "edge_guard.route.quick.class.fast.deadline";
@@ -533,6 +516,6 @@ fn unknown_route_allowed_through_still_gets_the_default_class() {
         "unknown route, slow upstream",
         &resp,
     );
-    assert_error(&resp, 504, "upstream_timeout");
+    resp.assert_error(504, "upstream_timeout");
     assert_eq!(resp.json()["error"]["request_id"], "legacy-1");
 }

@@ -23,24 +23,6 @@ fn course_stack(policy: Value) -> (Upstream, Envoy) {
     (up, envoy)
 }
 
-/// Asserts edge-guard's error shape and returns the error object.
-fn assert_error(resp: &Response, status: u16, code: &str) -> Value {
-    assert_eq!(resp.status, status, "{resp:?}");
-    let ct = resp.header("content-type").unwrap_or("");
-    assert!(
-        ct.starts_with("application/json"),
-        "content-type {ct:?}: {resp:?}"
-    );
-    let body = resp.json();
-    let error = &body["error"];
-    assert_eq!(error["code"], code, "{resp:?}");
-    assert!(
-        error["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "no message: {resp:?}"
-    );
-    error.clone()
-}
-
 // ---- routing ----------------------------------------------------------------------
 
 #[test]
@@ -67,7 +49,7 @@ fn known_route_reaches_its_upstream() {
 fn unknown_path_is_404_route_not_found_with_the_clients_request_id() {
     let (up, envoy) = course_stack(policy());
     let resp = envoy.request(Request::get("/admin/secrets").header("x-request-id", "req-e2e-0001"));
-    let error = assert_error(&resp, 404, "route_not_found");
+    let error = resp.assert_error(404, "route_not_found");
     assert_eq!(error["request_id"], "req-e2e-0001", "{resp:?}");
     assert_eq!(
         up.requests(),
@@ -79,7 +61,7 @@ fn unknown_path_is_404_route_not_found_with_the_clients_request_id() {
 #[test]
 fn unknown_route_without_request_id_still_has_one() {
     let (_up, envoy) = course_stack(policy());
-    let error = assert_error(&envoy.get("/nope"), 404, "route_not_found");
+    let error = envoy.get("/nope").assert_error(404, "route_not_found");
     assert!(
         error["request_id"]
             .as_str()
@@ -91,8 +73,12 @@ fn unknown_route_without_request_id_still_has_one() {
 #[test]
 fn prefix_matches_on_segment_boundaries_only() {
     let (up, envoy) = course_stack(policy());
-    assert_error(&envoy.get("/api/coursesX"), 404, "route_not_found");
-    assert_error(&envoy.get("/api/courses-archive/1"), 404, "route_not_found");
+    envoy
+        .get("/api/coursesX")
+        .assert_error(404, "route_not_found");
+    envoy
+        .get("/api/courses-archive/1")
+        .assert_error(404, "route_not_found");
     assert_eq!(envoy.get("/api/courses/").status, 200);
     assert_eq!(up.requests(), 1);
 }
@@ -101,7 +87,7 @@ fn prefix_matches_on_segment_boundaries_only() {
 fn wrong_method_is_405_with_allow_header() {
     let (up, envoy) = course_stack(policy());
     let resp = envoy.request(Request::post("/api/courses/7").body("{}"));
-    assert_error(&resp, 405, "method_not_allowed");
+    resp.assert_error(405, "method_not_allowed");
     let allow = resp
         .header("allow")
         .unwrap_or_else(|| panic!("no allow header: {resp:?}"));
@@ -157,7 +143,9 @@ fn status_endpoint_outside_allowed_cidrs_is_route_not_found() {
     let mut p = policy();
     p["status"]["allow_cidrs"] = json!(["10.0.0.0/8"]);
     let (_up, envoy) = course_stack(p);
-    assert_error(&envoy.get("/.edge-guard/status"), 404, "route_not_found");
+    envoy
+        .get("/.edge-guard/status")
+        .assert_error(404, "route_not_found");
 }
 
 // ---- bad policies: Envoy refuses to start ---------------------------------------------

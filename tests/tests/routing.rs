@@ -10,25 +10,6 @@ use std::time::{Duration, Instant};
 
 // ---- shared helpers -------------------------------------------------------------
 
-/// Asserts edge-guard's error shape and returns the error object.
-fn assert_error(resp: &Response, status: u16, code: &str) -> Value {
-    assert_eq!(resp.status, status, "{resp:?}");
-    let ct = resp.header("content-type").unwrap_or("");
-    assert!(
-        ct.starts_with("application/json"),
-        "content-type {ct:?}: {resp:?}"
-    );
-    let body = resp.json();
-    assert_eq!(body["error"]["code"], code, "{resp:?}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
-        "no message: {resp:?}"
-    );
-    body["error"].clone()
-}
-
 /// Log lines containing every one of `needles`.
 fn log_lines(envoy: &Envoy, needles: &[&str]) -> Vec<String> {
     envoy
@@ -365,14 +346,16 @@ fn mismatch_with_reject_is_502_route_mismatch_and_never_reaches_the_wrong_upstre
         let resp = envoy.request(
             Request::get(&format!("/api/courses/{i}")).header("x-request-id", "mismatch-req-1"),
         );
-        let error = assert_error(&resp, 502, "route_mismatch");
+        let error = resp.assert_error(502, "route_mismatch");
         assert_eq!(error["request_id"], "mismatch-req-1", "{resp:?}");
     }
     let sent = bursts_until_both_workers_served(&envoy, "/api/courses/burst", 502);
 
     // No Envoy route for a declared prefix: 502 from edge-guard, not a bare 404.
     for _ in 0..3 {
-        assert_error(&envoy.get("/api/payments/1"), 502, "route_mismatch");
+        envoy
+            .get("/api/payments/1")
+            .assert_error(502, "route_mismatch");
     }
 
     // The consistent route still works.
@@ -551,7 +534,7 @@ fn assert_fails_fast(envoy: &Envoy, path: &str, n: usize) {
         .collect();
     for h in handles {
         let resp = h.join().expect("request thread");
-        assert_error(&resp, 503, "upstream_unhealthy");
+        resp.assert_error(503, "upstream_unhealthy");
         let retry = resp
             .header("retry-after")
             .and_then(|v| v.parse::<u64>().ok());
