@@ -48,6 +48,14 @@ impl Method {
         Some(Self::parse(text)).filter(|m| *m != Method::Other)
     }
 
+    /// The method's name; `Other` (not kept) reads "this method".
+    pub fn name(self) -> &'static str {
+        Self::KNOWN
+            .iter()
+            .find(|(method, _)| *method == self)
+            .map_or("this method", |(_, name)| *name)
+    }
+
     fn bit(self) -> u16 {
         1 << (self as u16)
     }
@@ -354,6 +362,12 @@ mod tests {
             t.resolve("/b", Method::parse("PROPFIND")),
             RouteMatch::MethodNotAllowed { .. }
         ));
+    }
+
+    #[test]
+    fn method_names_round_trip() {
+        assert_eq!(Method::parse("PATCH").name(), "PATCH");
+        assert_eq!(Method::parse("PROPFIND").name(), "this method");
     }
 
     #[test]

@@ -79,15 +79,7 @@ impl EdgeGuardHttp {
         extra: Option<(&'static str, String)>,
     ) -> Action {
         metrics::increment(self.worker.metrics.rejected(code), 1);
-        let read_now;
-        let request_id = match &self.request_id {
-            Some(id) => Some(id.as_str()),
-            None => {
-                read_now = host::request_header("x-request-id");
-                read_now.as_deref()
-            }
-        };
-        let mut reply = LocalReply::error(code, message, request_id);
+        let mut reply = LocalReply::error(code, message, self.request_id.as_deref());
         if let Some((name, value)) = extra {
             reply = reply.with_header(name, value);
         }
@@ -193,7 +185,6 @@ impl EdgeGuardHttp {
             return Action::Continue;
         };
         self.route = Some(id);
-        self.request_id = head.request_id.clone();
         let upgrade = method == Method::Get && head.websocket_upgrade;
         if upgrade && !route.websocket {
             return self.reject(
@@ -595,7 +586,10 @@ impl Drop for EdgeGuardHttp {
 
 impl HttpContext for EdgeGuardHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let head = host::request_head();
+        let mut head = host::request_head();
+        // Kept for every reply this stream may get, now or later: request
+        // headers are out of reach after this callback.
+        self.request_id = head.request_id.take();
         let Some(path) = head.path.as_deref() else {
             return Action::Continue;
         };
@@ -613,17 +607,14 @@ impl HttpContext for EdgeGuardHttp {
                 ErrorCode::MethodNotAllowed,
                 &format!(
                     "{} is not allowed on {path_only}; allowed: {allowed}",
-                    method_name(method)
+                    method.name()
                 ),
                 Some(("allow", allowed.to_string())),
             ),
             RouteMatch::NotFound => match policy.unknown_route {
                 // Let through, but never without a deadline: the default class.
                 UnknownRoute::Allow => match policy.timeout_classes.get(policy.default_class) {
-                    Some(class) => {
-                        self.request_id = head.request_id.clone();
-                        self.start_deadline(None, &head, class, end_of_stream)
-                    }
+                    Some(class) => self.start_deadline(None, &head, class, end_of_stream),
                     None => Action::Continue,
                 },
                 UnknownRoute::Reject => self.reject(
@@ -757,20 +748,5 @@ impl EdgeGuardHttp {
             }
         }
         Action::Continue
-    }
-}
-
-fn method_name(method: Method) -> &'static str {
-    match method {
-        Method::Get => "GET",
-        Method::Head => "HEAD",
-        Method::Post => "POST",
-        Method::Put => "PUT",
-        Method::Delete => "DELETE",
-        Method::Patch => "PATCH",
-        Method::Options => "OPTIONS",
-        Method::Connect => "CONNECT",
-        Method::Trace => "TRACE",
-        Method::Other => "this method",
     }
 }
