@@ -14,7 +14,9 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType};
 
+use crate::budget::{self, CallBudget};
 use crate::deadline::{header_value, Deadline, DeadlineHit, Phase};
+use crate::egress;
 use crate::headers::RequestHead;
 use crate::policy::cidr::ip_of_socket_address;
 use crate::policy::{Identity, OnMismatch, Route, TimeoutClass, UnknownRoute};
@@ -239,14 +241,29 @@ impl EdgeGuardHttp {
         end_of_stream: bool,
     ) -> Action {
         remove_client_deadline_headers(head);
+        let cap = match budget::for_request(self.worker.policy.direction, head.inherited) {
+            CallBudget::Class => None,
+            CallBudget::Capped(left) => Some(left),
+            CallBudget::Spent => {
+                if let Some(m) = route.and_then(|r| self.worker.metrics.route(r)) {
+                    metrics::increment(m.deadline_hit(DeadlineHit::UpstreamTimeout), 1);
+                }
+                return self.reject(ErrorCode::UpstreamTimeout, budget::SPENT_MESSAGE, None);
+            }
+        };
         let now = host::now_ms();
         self.worker.now_ms.set(now);
         self.started_ms = now;
-        let deadline = Deadline::start(class, now);
-        host::set_request_header(
-            ROUTER_TIMEOUT_HEADER,
-            Some(&header_value(deadline.upstream_budget(now))),
-        );
+        let deadline = Deadline::start_capped(class, now, cap);
+        let upstream_budget = deadline.upstream_budget(now);
+        host::set_request_header(ROUTER_TIMEOUT_HEADER, Some(&header_value(upstream_budget)));
+        if head.grpc_timeout && cap.is_some() {
+            // The callee's gRPC deadline is the call's budget, not the caller's.
+            host::set_request_header(
+                "grpc-timeout",
+                Some(&budget::grpc_timeout_value(upstream_budget)),
+            );
+        }
         if !end_of_stream {
             let watched = Rc::new(std::cell::RefCell::new(Watched {
                 route,
@@ -601,7 +618,8 @@ impl HttpContext for EdgeGuardHttp {
         {
             return self.serve_status();
         }
-        match policy.route_table.resolve(path, method) {
+        let authority = head.authority.as_deref().unwrap_or_default();
+        match policy.resolve(authority, path, method) {
             RouteMatch::Route(id) => self.on_route(id, &head, method, end_of_stream),
             RouteMatch::MethodNotAllowed { allowed } => self.reject(
                 ErrorCode::MethodNotAllowed,
@@ -617,11 +635,11 @@ impl HttpContext for EdgeGuardHttp {
                     Some(class) => self.start_deadline(None, &head, class, end_of_stream),
                     None => Action::Continue,
                 },
-                UnknownRoute::Reject => self.reject(
-                    ErrorCode::RouteNotFound,
-                    &format!("no route for {path_only}"),
-                    None,
-                ),
+                UnknownRoute::Reject => {
+                    let (code, message) =
+                        egress::undeclared(policy.direction, authority, path_only);
+                    self.reject(code, &message, None)
+                }
             },
         }
     }

@@ -9,7 +9,7 @@
 //! - `edge_guard.route.<route>.websocket.active` gauge,
 //!   `...websocket.rejected.<code>` and `...websocket.closed.<reason>` counters
 //! - `edge_guard.websocket.active` gauge (whole instance)
-//! - `edge_guard.rejected.<error code>` counters
+//! - `edge_guard.rejected.<error code>` counters (`destination_not_allowed` on egress)
 //! - `edge_guard.cluster.<cluster>.healthy` gauge (1/0), `...probes`, `...probe_failures` counters
 
 use proxy_wasm::hostcalls;
@@ -75,11 +75,12 @@ const WS_REJECTIONS: [ErrorCode; 3] = [
     ErrorCode::IdentityRequired,
 ];
 
-const REJECTIONS: [ErrorCode; 4] = [
+const REJECTIONS: [ErrorCode; 5] = [
     ErrorCode::RouteNotFound,
     ErrorCode::MethodNotAllowed,
     ErrorCode::RouteMismatch,
     ErrorCode::UpstreamUnhealthy,
+    ErrorCode::DestinationNotAllowed,
 ];
 
 #[derive(Debug, Default)]
@@ -130,7 +131,7 @@ pub struct Metrics {
     pub routes: Vec<RouteMetrics>,
     pub clusters: Vec<ClusterMetrics>,
     pub ws_active: MetricId,
-    rejected: [MetricId; 4],
+    rejected: [MetricId; 5],
 }
 
 impl Metrics {
@@ -189,7 +190,7 @@ impl Metrics {
                 }
             })
             .collect();
-        let mut rejected = [MetricId::default(); 4];
+        let mut rejected = [MetricId::default(); 5];
         for (slot, code) in rejected.iter_mut().zip(REJECTIONS) {
             *slot = define(
                 MetricType::Counter,

@@ -281,15 +281,20 @@ impl EdgeGuardRoot {
 
 fn log_routing_table(policy: &Policy) {
     log::info!(
-        "edge-guard {VERSION}: {} routes, unknown_route={:?}, status at {}",
+        "edge-guard {VERSION}: {} {} routes, unknown_route={:?}, status at {}",
         policy.routes.len(),
+        policy.direction.as_str(),
         policy.unknown_route,
         policy.status.path
     );
     for route in &policy.routes {
         log::info!(
-            "edge-guard route {}: prefix={} methods={} cluster={} class={} websocket={}",
+            "edge-guard route {}: {}prefix={} methods={} cluster={} class={} websocket={}",
             route.name,
+            route
+                .host
+                .as_ref()
+                .map_or(String::new(), |h| format!("host={} ", h.as_written())),
             route.prefix,
             if route.methods.is_any() {
                 "*".to_string()

@@ -1,0 +1,255 @@
+//! Egress mode (issue 13) through real Envoy: edge-guard on an egress
+//! listener bounds the services' own outbound calls. Declared destinations
+//! get their class (scaled down here: `notification` 1 s, `internal` and
+//! `external` 10 s), a forwarded budget cuts the call down to what the
+//! caller has left, a spent budget is refused without reaching the upstream,
+//! an undeclared destination gets 403 `destination_not_allowed`, and a
+//! three-hop chain of real demo services (edge → A → egress → B → egress →
+//! C) ends within the edge class's budget.
+//!
+//! As in `deadlines.rs`, a deadline may seem to fire up to `EARLY` before
+//! its time and must fire at most `LATE` after it. Envoy's routes here have
+//! `timeout: 300s`, so any answer near a class's duration comes from
+//! edge-guard.
+
+use edge_guard_e2e::*;
+use std::fmt::Debug;
+use std::time::{Duration, Instant};
+
+const EARLY: Duration = Duration::from_millis(50);
+const LATE: Duration = Duration::from_millis(600);
+
+/// The egress policy of these tests: a course service (internal), a
+/// stand-in SMS API (external, POST /v1/send only), a notification service
+/// and a wildcard partner domain.
+fn egress_policy() -> Value {
+    json!({
+        "direction": "egress",
+        "routes": [
+            {"name": "courses", "host": "course.internal", "cluster": "course_service", "timeout": "internal"},
+            {"name": "sms", "host": "sms.example.com", "prefix": "/v1/send", "cluster": "sms_api", "methods": ["POST"], "timeout": "external"},
+            {"name": "notify", "host": "notify.internal", "cluster": "notification_service", "timeout": "notification"},
+            {"name": "partners", "host": "*.partners.example.com", "cluster": "partner_api", "timeout": "external"}
+        ],
+        "timeouts": {
+            "classes": {"internal": "10s", "external": "10s", "notification": "1s"},
+            "default_class": "internal"
+        }
+    })
+}
+
+/// An egress Envoy whose callers (the services, on loopback) are internal:
+/// Envoy keeps the `x-envoy-expected-rq-timeout-ms` they forward (it strips
+/// `x-envoy-*` headers from external clients before any filter runs).
+fn egress(policy: Value, upstreams: &[&Upstream]) -> Envoy {
+    let mut builder = Envoy::builder(policy).internal_clients(&["127.0.0.0/8"]);
+    for up in upstreams {
+        builder = builder.upstream(up);
+    }
+    builder.start()
+}
+
+fn assert_near(elapsed: Duration, expected: Duration, what: &str, context: &dyn Debug) {
+    assert!(
+        elapsed + EARLY >= expected && elapsed <= expected + LATE,
+        "{what}: answered after {elapsed:?}, expected {expected:?} (-{EARLY:?}/+{LATE:?})\n{context:?}"
+    );
+}
+
+fn call(host: &str, path: &str) -> Request {
+    Request::get(path).header("host", host)
+}
+
+fn upstream_saw(resp: &Response, header: &str) -> Option<String> {
+    assert_eq!(resp.status, 200, "{resp:?}");
+    resp.json()["headers"][header].as_str().map(str::to_string)
+}
+
+#[test]
+fn undeclared_host_or_path_gets_403_destination_not_allowed_and_never_leaves() {
+    let course = Upstream::start("course_service");
+    let sms = Upstream::start("sms_api");
+    let envoy = egress(egress_policy(), &[&course, &sms]);
+
+    let resp =
+        envoy.request(call("evil.example.net", "/exfiltrate").header("x-request-id", "eg-1"));
+    let error = resp.assert_error(403, "destination_not_allowed");
+    assert_eq!(error["request_id"], "eg-1");
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(message.contains("evil.example.net"), "{resp:?}");
+
+    // A declared host, but a path its routes do not declare; the bare
+    // parent domain of a wildcard.
+    envoy
+        .request(Request::post("/v2/other").header("host", "sms.example.com"))
+        .assert_error(403, "destination_not_allowed");
+    envoy
+        .request(call("partners.example.com", "/"))
+        .assert_error(403, "destination_not_allowed");
+    // A declared route with the wrong method.
+    envoy
+        .request(call("sms.example.com", "/v1/send"))
+        .assert_error(405, "method_not_allowed");
+
+    assert_eq!(
+        course.requests() + sms.requests(),
+        0,
+        "nothing reached an upstream"
+    );
+    assert_eq!(
+        envoy.stat("edge_guard.rejected.destination_not_allowed"),
+        Some(3)
+    );
+
+    // The declared ones pass, whatever the port or case of the authority.
+    let ok = envoy.request(call("Course.Internal:8080", "/api/courses/7"));
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert_eq!(ok.json()["service"], "course_service");
+    let ok = envoy.request(Request::post("/v1/send").header("host", "sms.example.com"));
+    assert_eq!(ok.json()["service"], "sms_api", "{ok:?}");
+}
+
+#[test]
+fn unknown_route_allow_lets_undeclared_calls_pass_under_the_default_class() {
+    let course = Upstream::start("course_service");
+    let mut policy = egress_policy();
+    policy["unknown_route"] = json!("allow");
+    // Envoy itself routes everything else to the course service here.
+    let envoy = Envoy::builder(policy)
+        .internal_clients(&["127.0.0.0/8"])
+        .upstream(&course)
+        .routes_yaml("- match: {prefix: /}\n  route: {cluster: course_service, timeout: 300s}")
+        .start();
+    let resp = envoy.request(call("anything.example.org", "/x"));
+    assert_eq!(
+        upstream_saw(&resp, "x-envoy-expected-rq-timeout-ms").as_deref(),
+        Some("10000"),
+        "the default class (internal, 10s) bounds it"
+    );
+}
+
+#[test]
+fn declared_destination_that_hangs_gets_504_at_its_class() {
+    let notify = Upstream::start("notification_service");
+    let envoy = egress(egress_policy(), &[&notify]);
+    let resp = envoy.request(
+        Request::post("/send?delay_ms=5000")
+            .header("host", "notify.internal")
+            .header("x-request-id", "eg-hang"),
+    );
+    let error = resp.assert_error(504, "upstream_timeout");
+    assert_eq!(error["request_id"], "eg-hang");
+    assert_near(
+        resp.elapsed,
+        Duration::from_secs(1),
+        "notification class",
+        &resp,
+    );
+    assert_eq!(notify.requests(), 1);
+    assert_eq!(
+        envoy.stat("edge_guard.route.notify.class.notification.deadline.upstream_timeout"),
+        Some(1)
+    );
+}
+
+#[test]
+fn a_forwarded_budget_of_1200ms_ends_a_call_to_a_10s_class_at_1200ms() {
+    let sms = Upstream::start("sms_api");
+    let envoy = egress(egress_policy(), &[&sms]);
+    let resp = envoy.request(
+        Request::post("/v1/send?delay_ms=5000")
+            .header("host", "sms.example.com")
+            .header("x-envoy-expected-rq-timeout-ms", "1200"),
+    );
+    resp.assert_error(504, "upstream_timeout");
+    assert_near(
+        resp.elapsed,
+        Duration::from_millis(1200),
+        "inherited 1.2s budget",
+        &resp,
+    );
+    assert_eq!(sms.requests(), 1);
+    // The same through gRPC's header.
+    let resp = envoy.request(
+        Request::post("/v1/send?delay_ms=5000")
+            .header("host", "sms.example.com")
+            .header("grpc-timeout", "1200m"),
+    );
+    resp.assert_error(504, "upstream_timeout");
+    assert_near(
+        resp.elapsed,
+        Duration::from_millis(1200),
+        "grpc-timeout 1200m",
+        &resp,
+    );
+}
+
+#[test]
+fn the_budget_passed_downstream_is_the_remaining_one() {
+    let course = Upstream::start("course_service");
+    let envoy = egress(egress_policy(), &[&course]);
+    let resp = envoy.request(
+        call("course.internal", "/api/courses/7")
+            .header("x-envoy-expected-rq-timeout-ms", "1200")
+            .header("grpc-timeout", "3S"),
+    );
+    let passed: u64 = upstream_saw(&resp, "x-envoy-expected-rq-timeout-ms")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no budget passed on: {resp:?}"));
+    assert!(
+        (1000..=1200).contains(&passed),
+        "the callee got {passed} ms, expected what was left of 1200: {resp:?}"
+    );
+    assert_eq!(
+        upstream_saw(&resp, "grpc-timeout").as_deref(),
+        Some(format!("{passed}m").as_str()),
+        "grpc-timeout is rewritten to the same budget"
+    );
+    // Without a forwarded budget the callee gets the destination's class.
+    let resp = envoy.request(call("course.internal", "/api/courses/7"));
+    assert_eq!(
+        upstream_saw(&resp, "x-envoy-expected-rq-timeout-ms").as_deref(),
+        Some("10000")
+    );
+    // A budget longer than the class is cut to the class.
+    let resp = envoy.request(
+        call("course.internal", "/api/courses/7").header("x-envoy-expected-rq-timeout-ms", "60000"),
+    );
+    assert_eq!(
+        upstream_saw(&resp, "x-envoy-expected-rq-timeout-ms").as_deref(),
+        Some("10000")
+    );
+}
+
+#[test]
+fn a_spent_budget_is_refused_at_once_without_reaching_the_upstream() {
+    let sms = Upstream::start("sms_api");
+    let envoy = egress(egress_policy(), &[&sms]);
+    for (header, value) in [
+        ("x-envoy-expected-rq-timeout-ms", "0"),
+        ("x-envoy-expected-rq-timeout-ms", "-40"),
+        ("grpc-timeout", "0m"),
+    ] {
+        let started = Instant::now();
+        let resp = envoy.request(
+            Request::post("/v1/send")
+                .header("host", "sms.example.com")
+                .header(header, value)
+                .header("x-request-id", "eg-spent"),
+        );
+        let error = resp.assert_error(504, "upstream_timeout");
+        assert_eq!(error["request_id"], "eg-spent");
+        assert!(
+            error["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("caller's budget ran out")),
+            "{resp:?}"
+        );
+        assert!(started.elapsed() < Duration::from_millis(500), "{resp:?}");
+    }
+    assert_eq!(sms.requests(), 0, "a spent call never reaches the upstream");
+    assert_eq!(
+        envoy.stat("edge_guard.route.sms.class.external.deadline.upstream_timeout"),
+        Some(3)
+    );
+}
