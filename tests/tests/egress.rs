@@ -253,3 +253,155 @@ fn a_spent_budget_is_refused_at_once_without_reaching_the_upstream() {
         Some(3)
     );
 }
+
+// ---- a chain of real services ---------------------------------------------------
+
+/// The edge's policy for the chain: the booking service (A) in a 1.5 s class.
+fn edge_policy() -> Value {
+    json!({
+        "routes": [{"name": "bookings", "prefix": "/api/bookings", "cluster": "booking_service", "timeout": "standard"}],
+        "timeouts": {"classes": {"standard": "1500ms"}, "default_class": "standard"}
+    })
+}
+
+/// edge → A (booking) → egress → B (course) → egress → C (sms): three real
+/// demo services, each forwarding what is left of its budget.
+struct Chain {
+    a: Upstream,
+    b: Upstream,
+    c: Upstream,
+    edge: Envoy,
+    egress: Envoy,
+}
+
+fn chain() -> Chain {
+    let a = Upstream::start("booking_service");
+    let b = Upstream::start("course_service");
+    let c = Upstream::start("sms_api");
+    let egress = egress(egress_policy(), &[&b, &c]);
+    a.set_egress(egress.addr());
+    b.set_egress(egress.addr());
+    let edge = Envoy::builder(edge_policy()).upstream(&a).start();
+    Chain {
+        a,
+        b,
+        c,
+        edge,
+        egress,
+    }
+}
+
+const CHAIN_PATH: &str =
+    "/api/bookings/42/__call/course.internal/api/courses/7/__call/sms.example.com/v1/send";
+
+#[test]
+fn a_three_hop_chain_passes_each_hop_what_is_left_of_the_edge_budget() {
+    let ch = chain();
+    let resp = ch
+        .edge
+        .request(Request::post(CHAIN_PATH).header("x-request-id", "chain-1"));
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let a = resp.json();
+    let b = &a["response"];
+    let c = &b["response"];
+    assert_eq!(
+        (
+            a["service"].as_str(),
+            b["service"].as_str(),
+            c["service"].as_str()
+        ),
+        (
+            Some("booking_service"),
+            Some("course_service"),
+            Some("sms_api")
+        ),
+        "{resp:?}"
+    );
+    let budget = |v: &Value| {
+        v.as_u64()
+            .or_else(|| v.as_str().and_then(|t| t.parse().ok()))
+            .unwrap_or_else(|| panic!("no budget in {v}: {resp:?}"))
+    };
+    // Each hop got at most what the one before it had left.
+    let at_a = ch.a.last_budget_ms().expect("A got a budget");
+    let at_b = ch.b.last_budget_ms().expect("B got a budget");
+    let at_c = budget(&c["headers"]["x-envoy-expected-rq-timeout-ms"]);
+    assert_eq!(at_a, 1500, "{resp:?}");
+    assert!(budget(&a["forwarded_budget_ms"]) <= at_a);
+    assert!(at_b <= budget(&a["forwarded_budget_ms"]), "{at_b} {resp:?}");
+    assert!(budget(&b["forwarded_budget_ms"]) <= at_b);
+    assert!(
+        at_c <= budget(&b["forwarded_budget_ms"]) && at_c > 1000,
+        "{at_c} {resp:?}"
+    );
+    assert_eq!(c["headers"]["x-request-id"], "chain-1");
+}
+
+#[test]
+fn a_three_hop_chain_whose_last_hop_hangs_ends_within_the_edge_budget() {
+    let ch = chain();
+    let started = Instant::now();
+    let resp = ch
+        .edge
+        .request(Request::post(&format!("{CHAIN_PATH}?delay_ms=8000")));
+    resp.assert_error(504, "upstream_timeout");
+    assert_near(
+        resp.elapsed,
+        Duration::from_millis(1500),
+        "edge class 1.5s",
+        &resp,
+    );
+    // C's call was cut by the egress at what was left of the edge's budget,
+    // not at its own 10 s class: by the time the client has its answer the
+    // egress has already timed it out.
+    let cut = ch.egress.wait_for_stat(
+        "edge_guard.route.sms.class.external.deadline.upstream_timeout",
+        Duration::from_millis(300),
+        |v| v >= 1,
+    );
+    assert_eq!(cut, Some(1), "C's call outlived the edge deadline");
+    assert!(started.elapsed() < Duration::from_millis(1500) + LATE + Duration::from_millis(300));
+    let at_c = ch.c.last_budget_ms().expect("C got a budget");
+    assert!(at_c <= 1500 && at_c > 1000, "C was given {at_c} ms");
+    assert_eq!(
+        (ch.a.requests(), ch.b.requests(), ch.c.requests()),
+        (1, 1, 1)
+    );
+}
+
+#[test]
+fn metrics_and_status_show_egress_routes() {
+    let ch = chain();
+    let resp = ch
+        .egress
+        .request(call("course.internal", "/.edge-guard/status"));
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let status = resp.json();
+    assert_eq!(status["direction"], "egress");
+    let routes = status["routes"].as_array().cloned().unwrap_or_default();
+    let sms = routes
+        .iter()
+        .find(|r| r["name"] == "sms")
+        .unwrap_or_else(|| panic!("{status}"));
+    assert_eq!(sms["host"], "sms.example.com");
+    assert_eq!(sms["prefix"], "/v1/send");
+    assert_eq!(sms["timeout"]["class"], "external");
+    assert!(
+        routes.iter().any(|r| r["host"] == "*.partners.example.com"),
+        "{status}"
+    );
+
+    let ok = ch.edge.request(Request::post(CHAIN_PATH));
+    assert_eq!(ok.status, 200, "{ok:?}");
+    let prom = ch.egress.prometheus();
+    for route in ["courses", "sms"] {
+        let line = format!(
+            "edge_guard_route_class_request_duration_ms_count{{edge_guard_route=\"{route}\""
+        );
+        let plain = format!("edge_guard_route_{route}_class_");
+        assert!(
+            prom.contains(&line) || prom.contains(&plain),
+            "no duration histogram for {route}:\n{prom}"
+        );
+    }
+}
