@@ -405,3 +405,39 @@ fn metrics_and_status_show_egress_routes() {
         );
     }
 }
+
+#[test]
+fn envoy_retries_stay_inside_the_inherited_budget() {
+    let sms = Upstream::start("sms_api");
+    // The route retries every slow try (per_try_timeout 400ms) up to ten
+    // times: without a bound that is 4 s and more; the caller has 1.2 s.
+    let envoy = Envoy::builder(egress_policy())
+        .internal_clients(&["127.0.0.0/8"])
+        .upstream(&sms)
+        .routes_yaml(
+            "- match: {prefix: /}\n  route: {cluster: sms_api, timeout: 300s, retry_policy: {retry_on: 5xx, num_retries: 10, per_try_timeout: 0.4s}}",
+        )
+        .start();
+    let resp = envoy.request(
+        Request::post("/v1/send?delay_ms=5000")
+            .header("host", "sms.example.com")
+            .header("x-envoy-expected-rq-timeout-ms", "1200"),
+    );
+    resp.assert_error(504, "upstream_timeout");
+    assert_near(
+        resp.elapsed,
+        Duration::from_millis(1200),
+        "retries within 1.2s",
+        &resp,
+    );
+    let tries = sms.requests();
+    assert!(
+        (2..=4).contains(&tries),
+        "{tries} tries in 1.2s of 400ms tries"
+    );
+    let last = sms.last_budget_ms().expect("each try carries a budget");
+    assert!(
+        last <= 400,
+        "a try was told {last} ms, more than its per-try timeout"
+    );
+}
