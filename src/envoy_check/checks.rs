@@ -331,7 +331,7 @@ fn check_filter(hcm: &Hcm, out: &mut Out) {
             Severity::Error,
             None,
             Some(at),
-            format!("the edge_guard wasm filter in {at} has no vm_config.vm_id; edge-guard's shared state (health records, connection counts) is keyed by vm_id, so set a non-empty vm_id such as \"edge_guard\" (the same on every listener)"),
+            format!("the edge_guard wasm filter in {at} has no vm_config.vm_id; edge-guard's shared state (health records, connection counts) is keyed by vm_id, so set a non-empty vm_id such as \"edge_guard\" (the same on every edge listener; egress listeners share their own)"),
         );
     }
     let policy = wasm.failure_policy.as_deref().unwrap_or("");

@@ -438,3 +438,18 @@ fn envoy_retries_stay_inside_the_inherited_budget() {
         "a try was told {last} ms, more than its per-try timeout"
     );
 }
+
+#[test]
+fn http_proxy_style_absolute_urls_are_matched_by_their_host() {
+    // HTTP_PROXY=http://egress clients (axios, curl -x) send the absolute
+    // URL; Envoy takes the authority from it, and so does edge-guard.
+    let course = Upstream::start("course_service");
+    let envoy = egress(egress_policy(), &[&course]);
+    let ok = envoy.request(Request::get("http://course.internal/api/courses/7"));
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert_eq!(ok.json()["service"], "course_service");
+    envoy
+        .request(Request::get("http://evil.example.net/api/courses/7"))
+        .assert_error(403, "destination_not_allowed");
+    assert_eq!(course.requests(), 1);
+}
