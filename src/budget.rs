@@ -9,7 +9,8 @@
 //! clocks across hosts). A budget that is already spent refuses the call.
 //! Never reads a clock or a header map itself: callers pass values in.
 
-use crate::policy::{Direction, Millis};
+use crate::deadline::Deadline;
+use crate::policy::{Direction, Millis, TimeoutClass};
 
 /// Why an inherited-budget header was ignored (the call then gets its
 /// class's budget, as if nothing had been forwarded).
@@ -114,6 +115,29 @@ pub fn for_request(direction: Direction, inherited: Inherited) -> CallBudget {
     }
 }
 
+/// The deadline of a request whose headers `now_ms` brought: its class,
+/// capped on egress by the budget the caller forwarded; `None` when that
+/// budget is already spent (refuse the call).
+pub fn deadline_for(
+    direction: Direction,
+    class: &TimeoutClass,
+    inherited: Inherited,
+    now_ms: u64,
+) -> Option<Deadline> {
+    match for_request(direction, inherited) {
+        CallBudget::Class => Some(Deadline::start(class, now_ms)),
+        CallBudget::Capped(left) => Some(Deadline::start_capped(class, now_ms, Some(left))),
+        CallBudget::Spent => None,
+    }
+}
+
+/// The `grpc-timeout` an egress call carries on: the call's budget, when
+/// the caller sent one (the callee's gRPC deadline is then the call's, not
+/// the caller's). Ingress leaves it alone.
+pub fn grpc_timeout_for(direction: Direction, sent: bool, budget: Millis) -> Option<String> {
+    (direction == Direction::Egress && sent).then(|| grpc_timeout_value(budget))
+}
+
 /// The message of the 504 for a call whose inherited budget is spent.
 pub const SPENT_MESSAGE: &str = "the caller's budget ran out before this outbound call was made (it forwarded x-envoy-expected-rq-timeout-ms or grpc-timeout with nothing left); the call was not sent";
 
@@ -202,6 +226,39 @@ mod tests {
             for_request(Direction::Egress, Inherited::Spent),
             CallBudget::Spent
         );
+    }
+
+    #[test]
+    fn deadline_of_a_request() {
+        let class = TimeoutClass {
+            name: "external".into(),
+            total: Millis(10_000),
+            response: Millis(10_000),
+        };
+        let capped = deadline_for(
+            Direction::Egress,
+            &class,
+            Inherited::Remaining(Millis(1200)),
+            5,
+        );
+        assert_eq!(capped.map(|d| d.upstream_budget(5)), Some(Millis(1200)));
+        let ingress = deadline_for(
+            Direction::Ingress,
+            &class,
+            Inherited::Remaining(Millis(1200)),
+            5,
+        );
+        assert_eq!(ingress.map(|d| d.upstream_budget(5)), Some(Millis(10_000)));
+        assert_eq!(
+            deadline_for(Direction::Egress, &class, Inherited::Spent, 5),
+            None
+        );
+        assert_eq!(
+            grpc_timeout_for(Direction::Egress, true, Millis(7)).as_deref(),
+            Some("7m")
+        );
+        assert_eq!(grpc_timeout_for(Direction::Egress, false, Millis(7)), None);
+        assert_eq!(grpc_timeout_for(Direction::Ingress, true, Millis(7)), None);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType};
 
-use crate::budget::{self, CallBudget};
+use crate::budget;
 use crate::deadline::{header_value, Deadline, DeadlineHit, Phase};
 use crate::egress;
 use crate::headers::RequestHead;
@@ -242,28 +242,21 @@ impl EdgeGuardHttp {
         end_of_stream: bool,
     ) -> Action {
         remove_client_deadline_headers(head);
-        let cap = match budget::for_request(self.worker.policy.direction, head.inherited) {
-            CallBudget::Class => None,
-            CallBudget::Capped(left) => Some(left),
-            CallBudget::Spent => {
-                if let Some(m) = route.and_then(|r| self.worker.metrics.route(r)) {
-                    metrics::increment(m.deadline_hit(DeadlineHit::UpstreamTimeout), 1);
-                }
-                return self.reject(ErrorCode::UpstreamTimeout, budget::SPENT_MESSAGE, None);
-            }
-        };
+        let direction = self.worker.policy.direction;
         let now = host::now_ms();
+        let Some(deadline) = budget::deadline_for(direction, class, head.inherited, now) else {
+            if let Some(m) = route.and_then(|r| self.worker.metrics.route(r)) {
+                metrics::increment(m.deadline_hit(DeadlineHit::UpstreamTimeout), 1);
+            }
+            return self.reject(ErrorCode::UpstreamTimeout, budget::SPENT_MESSAGE, None);
+        };
         self.worker.now_ms.set(now);
         self.started_ms = now;
-        let deadline = Deadline::start_capped(class, now, cap);
         let upstream_budget = deadline.upstream_budget(now);
         host::set_request_header(ROUTER_TIMEOUT_HEADER, Some(&header_value(upstream_budget)));
-        if head.grpc_timeout && cap.is_some() {
-            // The callee's gRPC deadline is the call's budget, not the caller's.
-            host::set_request_header(
-                "grpc-timeout",
-                Some(&budget::grpc_timeout_value(upstream_budget)),
-            );
+        if let Some(value) = budget::grpc_timeout_for(direction, head.grpc_timeout, upstream_budget)
+        {
+            host::set_request_header("grpc-timeout", Some(&value));
         }
         if !end_of_stream {
             let watched = Rc::new(std::cell::RefCell::new(Watched {

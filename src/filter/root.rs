@@ -281,11 +281,11 @@ impl EdgeGuardRoot {
 
 fn log_routing_table(policy: &Policy) {
     log::info!(
-        "edge-guard {VERSION}: {} {} routes, unknown_route={:?}, status at {}",
+        "edge-guard {VERSION}: {} routes, unknown_route={:?}, status at {}, direction {}",
         policy.routes.len(),
-        policy.direction.as_str(),
         policy.unknown_route,
-        policy.status.path
+        policy.status.path,
+        policy.direction.as_str()
     );
     for route in &policy.routes {
         log::info!(
