@@ -23,12 +23,16 @@ use crate::websocket::slots;
 use super::host::{self, HostStore};
 use super::http::{EdgeGuardHttp, REQUEST_TIMEOUT_MESSAGE, UPSTREAM_TIMEOUT_MESSAGE};
 use super::metrics::{self, Metrics};
+use super::ownership;
 use super::worker::{TimerAction, Worker};
 
 /// Deadlines fire within one tick of their time (the brief allows 100 ms).
 const TICK: Duration = Duration::from_millis(50);
 /// How often the reaper checks that every held slot's stream still exists.
 const REAP_EVERY_MS: u64 = 5_000;
+/// How often a worker re-reads what a hot-restart parent holds (Envoy
+/// merges the parent's gauges at each stats flush, 5 s by default).
+const PARENT_CHECK_EVERY_MS: u64 = 250;
 
 /// Why `on_configure` refused: Envoy then rejects the configuration.
 #[derive(Debug)]
@@ -56,6 +60,9 @@ pub struct EdgeGuardRoot {
     /// Health probes in flight: call token → cluster index.
     probes: HashMap<u32, usize>,
     next_reap_ms: u64,
+    next_parent_check_ms: u64,
+    /// Whether this root context counts in the VM's ownership (configured).
+    owns: bool,
 }
 
 impl EdgeGuardRoot {
@@ -65,6 +72,8 @@ impl EdgeGuardRoot {
             worker: None,
             probes: HashMap::new(),
             next_reap_ms: 0,
+            next_parent_check_ms: 0,
+            owns: false,
         }
     }
 
@@ -96,7 +105,12 @@ impl EdgeGuardRoot {
         }
 
         let metrics = Metrics::define(&policy);
-        let worker = Worker::new(Rc::new(policy), metrics, host::now_ms());
+        let now = host::now_ms();
+        if !self.owns {
+            self.owns = true;
+            ownership::root_configured();
+        }
+        let worker = Worker::new(Rc::new(policy), metrics, now);
         self.worker = Some(Rc::new(worker));
         Ok(())
     }
@@ -311,6 +325,13 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 }
 
 impl Context for EdgeGuardRoot {
+    fn on_done(&mut self) -> bool {
+        if std::mem::take(&mut self.owns) {
+            ownership::root_done();
+        }
+        true
+    }
+
     fn on_http_call_response(
         &mut self,
         token_id: u32,
@@ -361,6 +382,14 @@ impl RootContext for EdgeGuardRoot {
         worker.now_ms.set(now);
         self.refresh_health(&worker, now);
         self.run_timers(&worker, now);
+        let reaped = ownership::tick(now);
+        if !reaped.is_empty() {
+            worker.reclaimed(&reaped);
+        }
+        if now >= self.next_parent_check_ms {
+            self.next_parent_check_ms = now.saturating_add(PARENT_CHECK_EVERY_MS);
+            worker.refresh_held_elsewhere();
+        }
         if now >= self.next_reap_ms {
             self.next_reap_ms = now.saturating_add(REAP_EVERY_MS);
             self.reap(&worker);

@@ -10,6 +10,7 @@
 
 pub mod frame;
 pub mod monitor;
+pub mod ownership;
 pub mod slots;
 
 pub use frame::{
