@@ -30,9 +30,6 @@ use super::worker::{TimerAction, Worker};
 const TICK: Duration = Duration::from_millis(50);
 /// How often the reaper checks that every held slot's stream still exists.
 const REAP_EVERY_MS: u64 = 5_000;
-/// How often a worker re-reads what a hot-restart parent holds (Envoy
-/// merges the parent's gauges at each stats flush, 5 s by default).
-const PARENT_CHECK_EVERY_MS: u64 = 250;
 
 /// Why `on_configure` refused: Envoy then rejects the configuration.
 #[derive(Debug)]
@@ -60,7 +57,6 @@ pub struct EdgeGuardRoot {
     /// Health probes in flight: call token → cluster index.
     probes: HashMap<u32, usize>,
     next_reap_ms: u64,
-    next_parent_check_ms: u64,
     /// Whether this root context counts in the VM's ownership (configured).
     owns: bool,
 }
@@ -72,7 +68,6 @@ impl EdgeGuardRoot {
             worker: None,
             probes: HashMap::new(),
             next_reap_ms: 0,
-            next_parent_check_ms: 0,
             owns: false,
         }
     }
@@ -385,10 +380,6 @@ impl RootContext for EdgeGuardRoot {
         let reaped = ownership::tick(now);
         if !reaped.is_empty() {
             worker.reclaimed(&reaped);
-        }
-        if now >= self.next_parent_check_ms {
-            self.next_parent_check_ms = now.saturating_add(PARENT_CHECK_EVERY_MS);
-            worker.refresh_held_elsewhere();
         }
         if now >= self.next_reap_ms {
             self.next_reap_ms = now.saturating_add(REAP_EVERY_MS);

@@ -126,9 +126,6 @@ pub struct Worker {
     pub health: RefCell<Vec<Option<ClusterHealth>>>,
     /// Per route: this worker has seen Envoy disagree with the policy.
     pub mismatch_seen: RefCell<Vec<bool>>,
-    /// WebSocket slots held by a hot-restart parent process, from Envoy's
-    /// merged gauge; refreshed by the tick.
-    pub held_elsewhere: Cell<u32>,
 }
 
 impl Worker {
@@ -142,7 +139,6 @@ impl Worker {
             timers: RefCell::new(Timers::default()),
             health: RefCell::new(vec![None; clusters]),
             mismatch_seen: RefCell::new(vec![false; routes]),
-            held_elsewhere: Cell::new(0),
         }
     }
 
@@ -189,8 +185,10 @@ impl Worker {
         route: usize,
         mut request: AdmissionRequest<'_>,
     ) -> Result<Admission, Rejection> {
-        request.instance_limit =
-            ownership::local_limit(request.instance_limit, self.held_elsewhere.get());
+        if request.instance_limit.is_some() {
+            request.instance_limit =
+                ownership::local_limit(request.instance_limit, self.held_elsewhere());
+        }
         metrics::increment(self.metrics.ws_active, 1);
         let admission = match slots::try_acquire(&HostStore, &request) {
             Ok(admission) => admission,
@@ -219,18 +217,17 @@ impl Worker {
         }
     }
 
-    /// Refreshes what a hot-restart parent holds: the merged instance gauge
-    /// minus this process's shared count (read in that order, the count
-    /// can only be lower than at the gauge read, never higher, so the
-    /// difference never under-counts the parent).
-    pub fn refresh_held_elsewhere(&self) {
-        let Some(merged) = metrics::read(self.metrics.ws_active) else {
-            return;
-        };
-        if let Ok(counts) = slots::read_counts(&HostStore, &[]) {
-            self.held_elsewhere
-                .set(ownership::held_elsewhere(merged, counts.instance));
-        }
+    /// What a hot-restart parent holds: the merged instance gauge minus this
+    /// process's shared count (read in that order, the count can only be
+    /// lower than at the gauge read, never higher, so the difference never
+    /// under-counts the parent). Envoy merges the parent's gauges at every
+    /// stats flush (5 s by default), so capacity the parent frees reaches
+    /// this process within one flush.
+    fn held_elsewhere(&self) -> u32 {
+        let merged = metrics::read(self.metrics.ws_active).unwrap_or(0);
+        slots::read_counts(&HostStore, &[])
+            .map(|counts| ownership::held_elsewhere(merged, counts.instance))
+            .unwrap_or(0)
     }
 
     /// A dead VM generation's slots were given back: count it, and take its

@@ -156,3 +156,96 @@ fn a_vm_failure_with_fail_reload_returns_every_slot_it_held() {
 fn a_vm_failure_with_fail_closed_returns_every_slot_it_held() {
     vm_failure_returns_its_slots("FAIL_CLOSED");
 }
+
+// ---- hot restart ------------------------------------------------------------------
+
+/// Upgrades until one is refused for capacity; returns the admitted ones.
+fn admit_until_full(envoy: &Envoy, at_most: usize) -> Vec<WsClient> {
+    let mut open = Vec::new();
+    loop {
+        match envoy.websocket(EVENTS, &[]) {
+            Ok(ws) => {
+                open.push(ws);
+                assert!(open.len() <= at_most, "admitted more than {at_most}");
+            }
+            Err(r) => {
+                assert_capacity(&r);
+                return open;
+            }
+        }
+    }
+}
+
+/// Limit 5, 3 held by the running Envoy; a hot restart starts epoch 1, which
+/// takes the listener. The child admits only the 2 the parent leaves, and as
+/// the parent's connections end their slots come to the child.
+#[test]
+fn a_hot_restart_never_holds_more_than_the_instance_limit() {
+    let limit = 5;
+    let up = Upstream::start("event_service");
+    let parent = Envoy::builder(policy(limit))
+        .upstream(&up)
+        .hot_restart_parent()
+        .start();
+    let mut on_parent = admit_exactly(&parent, 3);
+    assert_eq!(stat(&parent, "edge_guard.websocket.active"), 3);
+
+    let child = Envoy::builder(policy(limit))
+        .upstream(&up)
+        .hot_restart_child(parent.base_id(), 1)
+        .listener_port(parent.listener_port())
+        .arg("--parent-shutdown-time-s")
+        .arg("120")
+        .arg("--drain-time-s")
+        .arg("120")
+        .start();
+    // The child's gauge carries the parent's 3 as soon as it is ready.
+    assert_eq!(stat(&child, "edge_guard.websocket.active"), 3);
+    let on_child = admit_until_full(&child, 2);
+    assert_eq!(on_child.len(), 2, "the child admits what the parent leaves");
+    assert_eq!(
+        stat(&child, "edge_guard.websocket.active"),
+        u64::from(limit),
+        "parent 3 + child 2, merged"
+    );
+    for ws in on_parent.iter_mut() {
+        assert_echo(ws, "parent still serves");
+    }
+
+    // The parent's connections end: within one stats flush (5 s) plus the
+    // filter's re-read, their slots are the child's.
+    let closed_at = Instant::now();
+    for mut ws in on_parent.drain(..) {
+        ws.close(1000, "bye");
+        let _ = ws.recv_timeout(Duration::from_secs(2));
+    }
+    let mut more = Vec::new();
+    while more.len() < 3 {
+        assert!(
+            closed_at.elapsed() < Duration::from_secs(8),
+            "the parent's slots did not come to the child: {} of 3",
+            more.len()
+        );
+        match child.websocket(EVENTS, &[]) {
+            Ok(ws) => more.push(ws),
+            Err(r) => {
+                assert_capacity(&r);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    eprintln!(
+        "parent's slots back to the child after {:?}",
+        closed_at.elapsed()
+    );
+    assert_full(&child);
+    assert_eq!(
+        stat(&child, "edge_guard.websocket.active"),
+        u64::from(limit)
+    );
+}
+
+fn assert_echo(ws: &mut WsClient, text: &str) {
+    ws.send_text(text);
+    assert_eq!(ws.expect_text(), text);
+}
