@@ -21,6 +21,7 @@ use crate::policy::{Identity, OnMismatch, Route, TimeoutClass, UnknownRoute};
 use crate::reply::{error_body, ErrorCode, LocalReply};
 use crate::routing::{Method, RouteMatch};
 use crate::status::{self, RouteMismatch, StatusSnapshot};
+use crate::websocket::compression;
 use crate::websocket::frame::ChunkSource;
 use crate::websocket::monitor::{close_frame, ConnectionMonitor, Direction, Verdict};
 use crate::websocket::slots::{self, AdmissionRequest, Rejection};
@@ -343,9 +344,8 @@ impl EdgeGuardHttp {
                 return self.reject(code, message, retry);
             }
         };
-        if ws.connection.max_message_bytes.is_some() {
-            // permessage-deflate would make frame lengths compressed sizes;
-            // refusing it keeps max_message_bytes exact.
+        if !compression::keep_offer(&ws.connection) {
+            // max_message_bytes counts real message bytes: nothing compressed.
             host::set_request_header("sec-websocket-extensions", None);
         }
         let watched = Rc::new(std::cell::RefCell::new(Watched {
@@ -466,6 +466,13 @@ impl EdgeGuardHttp {
             self.worker.now_ms.set(now);
             ws.phase = WsPhase::Open;
             ws.monitor = ConnectionMonitor::new(now);
+            let accepted = host::response_header("sec-websocket-extensions");
+            if compression::allowed(
+                &self.worker.policy.websocket.connection,
+                accepted.as_deref(),
+            ) {
+                ws.monitor.allow_compressed_messages();
+            }
             if let Some(due) = ws
                 .monitor
                 .next_timer_due(&self.worker.policy.websocket.connection)
