@@ -27,6 +27,7 @@ pub mod http;
 pub mod net;
 pub mod paths;
 pub mod process;
+pub mod scripts;
 pub mod upstream;
 pub mod ws;
 
@@ -34,6 +35,7 @@ pub use envoy::{Envoy, EnvoyBuilder, Policy, StartFailure};
 pub use http::{Request, Response, SlowUpload};
 pub use net::ClosedPort;
 pub use process::Guarded;
+pub use scripts::ScriptProcess;
 pub use upstream::Upstream;
 pub use ws::{raw_frame, UpgradeRejected, WsClient, WsEvent};
 

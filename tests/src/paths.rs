@@ -102,8 +102,8 @@ pub fn check_fresh(wasm: &Path) -> Result<(), String> {
             let ahead = changed.duration_since(built).unwrap_or_default();
             Err(format!(
                 "edge-guard wasm {} is older than its source {} (changed {:.1} s after the build): \
-                 the tests would run the old filter. Rebuild it with ./build.sh build \
-                 (./build.sh test does), then re-run.",
+                 the tests would run the old filter. Rebuild with ./build.sh test (or \
+                 ./build.sh build for the main wasm alone), then re-run.",
                 wasm.display(),
                 file.display(),
                 ahead.as_secs_f64()
@@ -111,6 +111,25 @@ pub fn check_fresh(wasm: &Path) -> Result<(), String> {
         }
         _ => Ok(()),
     }
+}
+
+/// `$EDGE_GUARD_FAULT_WASM` or the fault-injection build that `./build.sh
+/// test` writes (`target/fault-injection/edge_guard.wasm`): the filter built
+/// with the `fault-injection` feature, which traps on `x-edge-guard-fault: trap`.
+pub fn fault_wasm() -> PathBuf {
+    let p = from_env_or(
+        "EDGE_GUARD_FAULT_WASM",
+        repo_root().join("target/fault-injection/edge_guard.wasm"),
+    );
+    assert!(
+        p.is_file(),
+        "fault-injection wasm not found at {} — {HOW_TO_FIX}",
+        p.display()
+    );
+    if let Err(stale) = check_fresh(&p) {
+        panic!("{stale}");
+    }
+    p.canonicalize().unwrap_or(p)
 }
 
 /// `$EDGE_GUARD_UPSTREAM_BIN` or this package's `upstream` bin, which cargo
