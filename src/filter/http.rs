@@ -42,6 +42,9 @@ const ROUTER_TIMEOUT_DETAILS: [&str; 2] = ["response_timeout", "upstream_respons
 /// After a limit is broken the close handshake gets this long before the
 /// stream is reset (the brief: torn down within 1 s, tick lateness included).
 const CLOSE_GRACE_MS: u64 = 800;
+/// Tolerance for the wall clock (Envoy's `get_current_time`) stepping back
+/// while the router's monotonic timer runs.
+const CLOCK_SLACK_MS: u64 = 100;
 /// Seconds a client is told to wait after a capacity rejection.
 const CAPACITY_RETRY_AFTER: &str = "5";
 /// Chunks up to this size are read whole; larger ones only where frame
@@ -52,8 +55,13 @@ pub struct EdgeGuardHttp {
     id: u32,
     worker: Rc<Worker>,
     route: Option<usize>,
-    /// When the headers arrived (ms), for the duration histogram; 0 = not timed.
+    /// When the headers arrived (ms); 0 = no deadline started. Read from the
+    /// clock only where it must be exact (a body still to come, the opt-in
+    /// histogram); otherwise the worker's last clock reading, which is never
+    /// later than the true time.
     started_ms: u64,
+    /// The budget given to Envoy's router (`x-envoy-upstream-rq-timeout-ms`).
+    router_budget_ms: u64,
     watched: Option<WatchedRef>,
     /// Envoy's router timed out: replace its plain-text body with ours.
     rewrite_timeout_body: bool,
@@ -69,6 +77,7 @@ impl EdgeGuardHttp {
             worker,
             route: None,
             started_ms: 0,
+            router_budget_ms: 0,
             watched: None,
             rewrite_timeout_body: false,
             request_id: None,
@@ -107,7 +116,7 @@ impl EdgeGuardHttp {
             .map(|r| r.name.as_str())
             .collect();
         let mut snapshot = StatusSnapshot {
-            cluster_health: self.worker.health.borrow().clone(),
+            cluster_health: self.worker.health_snapshot(),
             ..StatusSnapshot::default()
         };
         match slots::read_counts(&HostStore, &ws_routes) {
@@ -243,7 +252,14 @@ impl EdgeGuardHttp {
     ) -> Action {
         remove_client_deadline_headers(head);
         let direction = self.worker.policy.direction;
-        let now = host::now_ms();
+        // A request complete at its headers gives the router its class's
+        // budget whatever the time: no clock read, unless the histogram
+        // needs the exact start.
+        let now = if end_of_stream && !self.worker.policy.request_duration_histogram {
+            self.worker.now_ms.get()
+        } else {
+            host::now_ms()
+        };
         let Some(deadline) = budget::deadline_for(direction, class, head.inherited, now) else {
             if let Some(m) = route.and_then(|r| self.worker.metrics.route(r)) {
                 metrics::increment(m.deadline_hit(DeadlineHit::UpstreamTimeout), 1);
@@ -253,6 +269,7 @@ impl EdgeGuardHttp {
         self.worker.now_ms.set(now);
         self.started_ms = now;
         let upstream_budget = deadline.upstream_budget(now);
+        self.router_budget_ms = upstream_budget.as_ms();
         host::set_request_header(ROUTER_TIMEOUT_HEADER, Some(&header_value(upstream_budget)));
         if let Some(value) = budget::grpc_timeout_for(direction, head.grpc_timeout, upstream_budget)
         {
@@ -708,8 +725,15 @@ impl HttpContext for EdgeGuardHttp {
         if self.started_ms == 0 {
             return Action::Continue;
         }
+        let now = host::now_ms();
+        self.worker.now_ms.set(now);
+        let elapsed = now.saturating_sub(self.started_ms);
         let route_metrics = self.route.and_then(|r| self.worker.metrics.route(r));
-        if host::response_header(":status").as_deref() == Some("504")
+        // The router's timeout fires no earlier than its budget after the
+        // headers; `started_ms` is never later than their arrival, so a
+        // response sooner than that cannot be one and costs no header read.
+        if elapsed.saturating_add(CLOCK_SLACK_MS) >= self.router_budget_ms
+            && host::response_header(":status").as_deref() == Some("504")
             && host::property_text(vec!["response", "code_details"])
                 .is_some_and(|details| ROUTER_TIMEOUT_DETAILS.contains(&details.as_str()))
         {
@@ -723,10 +747,8 @@ impl HttpContext for EdgeGuardHttp {
             }
         }
         if let Some(m) = route_metrics {
-            metrics::record(
-                m.duration_ms,
-                host::now_ms().saturating_sub(self.started_ms),
-            );
+            // A no-op unless `metrics.request_duration` defined it.
+            metrics::record(m.duration_ms, elapsed);
         }
         Action::Continue
     }

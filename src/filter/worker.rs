@@ -12,6 +12,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::rc::Rc;
 
 use crate::deadline::{Deadline, DeadlineHit, Phase};
+use crate::health;
 use crate::policy::Policy;
 use crate::status::ClusterHealth;
 use crate::websocket::monitor::{CloseReason, ConnectionMonitor, Direction};
@@ -359,6 +360,27 @@ impl Worker {
             timers.heap.extend(live);
         }
         actions
+    }
+
+    /// Every cluster's shared health record as it is now, for the status
+    /// endpoint (the worker's own view is refreshed on transitions only, so
+    /// its probe counts may be behind).
+    pub fn health_snapshot(&self) -> Vec<Option<ClusterHealth>> {
+        if self.policy.health.is_none() {
+            return vec![None; self.policy.clusters.len()];
+        }
+        self.policy
+            .clusters
+            .iter()
+            .map(|cluster| {
+                health::read(&HostStore, &cluster.name)
+                    .ok()
+                    .map(|record| ClusterHealth {
+                        healthy: record.healthy,
+                        probes: record.probes,
+                    })
+            })
+            .collect()
     }
 
     pub fn cluster_unhealthy(&self, cluster: usize) -> bool {

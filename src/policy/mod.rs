@@ -146,6 +146,8 @@ pub struct Policy {
     pub on_mismatch: OnMismatch,
     pub health: Option<HealthPolicy>,
     pub clusters: Vec<Cluster>,
+    /// `metrics.request_duration`: record the per-route duration histogram.
+    pub request_duration_histogram: bool,
 }
 
 impl Policy {
@@ -446,6 +448,7 @@ pub fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
         on_mismatch: config.routing.on_mismatch,
         health,
         clusters,
+        request_duration_histogram: config.metrics.request_duration,
     })
 }
 
