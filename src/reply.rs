@@ -18,6 +18,8 @@ pub enum ErrorCode {
     IdentityRequired,
     RouteMismatch,
     UpstreamUnhealthy,
+    TransportNotAllowed,
+    EngineIoBadRequest,
 }
 
 impl ErrorCode {
@@ -32,6 +34,8 @@ impl ErrorCode {
             ErrorCode::IdentityRequired => "identity_required",
             ErrorCode::RouteMismatch => "route_mismatch",
             ErrorCode::UpstreamUnhealthy => "upstream_unhealthy",
+            ErrorCode::TransportNotAllowed => "transport_not_allowed",
+            ErrorCode::EngineIoBadRequest => "engine_io_bad_request",
         }
     }
 
@@ -46,6 +50,7 @@ impl ErrorCode {
             ErrorCode::IdentityRequired => 401,
             ErrorCode::RouteMismatch => 502,
             ErrorCode::UpstreamUnhealthy => 503,
+            ErrorCode::TransportNotAllowed | ErrorCode::EngineIoBadRequest => 400,
         }
     }
 }
@@ -130,6 +135,8 @@ mod tests {
             (ErrorCode::IdentityRequired, 401),
             (ErrorCode::RouteMismatch, 502),
             (ErrorCode::UpstreamUnhealthy, 503),
+            (ErrorCode::TransportNotAllowed, 400),
+            (ErrorCode::EngineIoBadRequest, 400),
         ];
         for (code, status) in expected {
             assert_eq!(code.status(), status, "{}", code.as_str());

@@ -86,6 +86,15 @@ pub fn validate(envoy_doc: &Value, options: &Options) -> Result<Report, String> 
     let Some(policy) = policy else {
         return Ok(out.into_report(policy_source));
     };
+    for w in &policy.warnings {
+        out.push(
+            w.id,
+            Severity::Warning,
+            Some(&w.route),
+            None,
+            w.message.clone(),
+        );
+    }
     check_clusters(&envoy, &policy, &mut out);
     for (hcm, is_guarded) in envoy.hcms.iter().zip(&guarded) {
         let rc = route_configuration(&envoy, hcm, &mut out);
