@@ -103,6 +103,7 @@ DEMO_SERVICES="course_service:18081 booking_service:18082 payment_service:18083 
 
 cmd_run() {
   ensure_envoy
+  ensure_node_deps
   build_wasm
   build_demo
   local dir="$ROOT/.run"
@@ -120,6 +121,10 @@ cmd_run() {
     "$ROOT/target/release/demo-upstream" --listen "127.0.0.1:$port" --name "$name" >"$dir/$name.log" 2>&1 &
     pids+=($!)
   done
+  # The socket.io service behind the events_live route (engine_io).
+  PORT=18087 SIO_PATH=/ws/events/socket.io NAME=event_live_service \
+    node "$NODE_DIR/server.js" >"$dir/event_live_service.log" 2>&1 &
+  pids+=($!)
   "$VENV/bin/envoy" -c envoy/envoy.yaml --concurrency 2 --log-path "$dir/envoy.log" &
   pids+=($!)
   for _ in $(seq 1 100); do
@@ -134,6 +139,7 @@ edge-guard demo stack is up (logs in .run/):
   status     http://127.0.0.1:10000/.edge-guard/status
   admin      http://127.0.0.1:9901       e.g. curl -s http://127.0.0.1:9901/stats/prometheus | grep edge_guard
   websocket  ws://127.0.0.1:10000/ws/events  (send header x-user-id)
+  socket.io  http://127.0.0.1:10000, path /ws/events/socket.io  (extraHeaders x-user-id)
 Ctrl-C stops everything.
 EOF2
   wait -n "${pids[@]}"

@@ -449,3 +449,54 @@ fn engine_io_packets_cost_no_rate_limit_tokens() {
         Some(1)
     );
 }
+
+#[test]
+fn a_poll_the_server_refuses_ends_the_session_and_uncountable_handshakes_are_refused() {
+    let stack = sio_stack(Some(json!({})), "standard", (25_000, 20_000), json!({}));
+    let envoy = &stack.envoy;
+    let handshake = envoy
+        .request(Request::get("/socket.io/?EIO=4&transport=polling").header("x-user-id", "gina"));
+    assert_eq!(handshake.status, 200, "{handshake:?}");
+    let body = handshake.text();
+    let sid = body
+        .split("\"sid\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no sid in {body:?}"))
+        .to_string();
+    assert_eq!(stack.wait_active(1, Duration::from_secs(3)), 1);
+
+    // Two overlapping polls: engine.io answers the second with 400 and closes
+    // the session; edge-guard gives the slot back at once (not after 45 s).
+    let poll = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let addr = envoy.addr();
+    let first = {
+        let req = Request::get(&poll).header("x-user-id", "gina");
+        std::thread::spawn(move || edge_guard_e2e::http::send(addr, &req))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let second = envoy.request(Request::get(&poll).header("x-user-id", "gina"));
+    assert_eq!(second.status, 400, "{second:?}");
+    let _ = first.join();
+    assert_eq!(stack.wait_active(0, Duration::from_secs(3)), 0);
+    // Its sid is unknown now: requests with it pass through to the server.
+    let stale = envoy.request(Request::get(&poll).header("x-user-id", "gina"));
+    assert_eq!(stale.status, 400, "{stale:?}");
+    assert_ne!(stale.json()["error"]["code"], "transport_not_allowed");
+    assert_eq!(stack.active(), 0);
+
+    // Handshakes edge-guard could not count are refused.
+    for path in [
+        "/socket.io/?EIO=3&transport=polling",
+        "/socket.io/?EIO=4&EIO=4&transport=polling",
+        "/socket.io/?EIO=4&transport=polling&transport=websocket",
+    ] {
+        envoy
+            .request(Request::get(path).header("x-user-id", "gina"))
+            .assert_error(400, "engine_io_bad_request");
+    }
+    // Requests without EIO are the server's business.
+    let plain = envoy.request(Request::get("/socket.io/socket.io.js").header("x-user-id", "gina"));
+    assert!(plain.json()["error"]["code"].is_null(), "{plain:?}");
+    assert_eq!(stack.active(), 0);
+}
