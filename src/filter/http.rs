@@ -340,7 +340,7 @@ impl EdgeGuardHttp {
             user: user.as_deref(),
             user_limit: ws.max_connections_per_user,
         };
-        let admission = match slots::try_acquire(&HostStore, &request) {
+        let admission = match worker.admit(id, request) {
             Ok(admission) => admission,
             Err(rejection) => {
                 let (code, message, retry) = match rejection {
@@ -374,10 +374,6 @@ impl EdgeGuardHttp {
                 return Err(self.reject(code, message, retry));
             }
         };
-        metrics::increment(worker.metrics.ws_active, 1);
-        if let Some(m) = route_metrics {
-            metrics::increment(m.ws_active, 1);
-        }
         Ok(admission)
     }
 
@@ -640,6 +636,7 @@ impl Drop for EdgeGuardHttp {
 
 impl HttpContext for EdgeGuardHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        super::fault::on_request_headers();
         let mut head = host::request_head();
         // Kept for every reply this stream may get, now or later: request
         // headers are out of reach after this callback.
@@ -681,6 +678,7 @@ impl HttpContext for EdgeGuardHttp {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        super::fault::on_request_body(body_size);
         let Some(watched) = self.watched.clone() else {
             return Action::Continue;
         };

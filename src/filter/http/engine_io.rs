@@ -4,6 +4,13 @@
 //! session refresh it; its upgrade takes the slot over (and gives it back if
 //! refused); the root's tick reclaims sessions that went silent.
 //!
+//! Slot ownership: a slot in the session table belongs to the table, not to
+//! a VM (the session outlives the stream that opened it, and any worker may
+//! end it). It leaves this VM's ledger when it goes into the table
+//! ([`hand_to_table`]), enters the ledger of the VM whose WebSocket takes it
+//! over, and is released from the table without touching any ledger
+//! ([`release_from_table`]); sessions of a dead VM are reclaimed by expiry.
+//!
 //! Never reads a body but a polling handshake's answer, and that only up to
 //! `MAX_HANDSHAKE_BYTES`.
 
@@ -19,6 +26,8 @@ use crate::routing::Method;
 use crate::websocket::slots::Admission;
 
 use super::super::host::{self, HostStore};
+use super::super::metrics;
+use super::super::ownership as owner;
 use super::super::worker::Worker;
 use super::EdgeGuardHttp;
 
@@ -70,7 +79,11 @@ impl EdgeGuardHttp {
             }
             Plan::Upgrade { sid } => {
                 let held = match sessions::remove(&HostStore, &sid) {
-                    Ok(session) => session.map(admission_of),
+                    Ok(session) => session.map(|s| {
+                        let admission = admission_of(s);
+                        owner::acquired(&admission, self.worker.now_ms.get());
+                        admission
+                    }),
                     Err(e) => {
                         log::warn!("edge-guard: reading engine.io session: {e}");
                         None
@@ -128,7 +141,7 @@ impl EdgeGuardHttp {
                     // when it does not know the sid or has just closed the session
                     // (overlapping polls): the session is over.
                     if let Ok(Some(session)) = sessions::remove(&HostStore, sid) {
-                        release_session(&self.worker, session);
+                        release_from_table(&self.worker, session);
                     }
                 } else {
                     let now = host::now_ms();
@@ -173,20 +186,8 @@ impl EdgeGuardHttp {
             self.worker.release(self.route, admission);
             return;
         };
-        let session = Session {
-            sid,
-            route: admission.route().to_string(),
-            user: admission.counted_user().map(str::to_string),
-            expires_ms: host::now_ms().saturating_add(ttl_ms),
-        };
-        match sessions::insert(&HostStore, &session) {
-            // The table holds the slot now.
-            Ok(true) => {}
-            Ok(false) => self.worker.release(self.route, admission),
-            Err(e) => {
-                log::warn!("edge-guard: recording engine.io session: {e}");
-                self.worker.release(self.route, admission);
-            }
+        if let Some(admission) = hand_to_table(sid, admission, ttl_ms) {
+            self.worker.release(self.route, admission);
         }
     }
 
@@ -196,16 +197,7 @@ impl EdgeGuardHttp {
         let Some(EioStream::Upgrade { sid, ttl_ms }) = self.engine_io.take() else {
             return Some(admission);
         };
-        let session = Session {
-            sid,
-            route: admission.route().to_string(),
-            user: admission.counted_user().map(str::to_string),
-            expires_ms: host::now_ms().saturating_add(ttl_ms),
-        };
-        match sessions::insert(&HostStore, &session) {
-            Ok(true) => None,
-            _ => Some(admission),
-        }
+        hand_to_table(sid, admission, ttl_ms)
     }
 
     /// The stream is over: a handshake that never got its answer gives its
@@ -224,13 +216,47 @@ fn admission_of(session: Session) -> Admission {
     Admission::restore(session.route, session.user)
 }
 
-fn release_session(worker: &Worker, session: Session) {
+/// Records session `sid` holding `admission`'s slot, which leaves this VM's
+/// ledger; gives the admission back (in the ledger again) if it could not be
+/// recorded. Ledger first: a VM dying between the two leaks this one slot
+/// rather than letting its reaper and the session's expiry both give it back.
+fn hand_to_table(sid: String, admission: Admission, ttl_ms: u64) -> Option<Admission> {
+    let now = host::now_ms();
+    owner::released(&admission, now);
+    let session = Session {
+        sid,
+        route: admission.route().to_string(),
+        user: admission.counted_user().map(str::to_string),
+        expires_ms: now.saturating_add(ttl_ms),
+    };
+    let recorded = match sessions::insert(&HostStore, &session) {
+        Ok(recorded) => recorded,
+        Err(e) => {
+            log::warn!("edge-guard: recording engine.io session: {e}");
+            false
+        }
+    };
+    if recorded {
+        return None;
+    }
+    owner::acquired(&admission, now);
+    Some(admission)
+}
+
+/// Gives back the slot of a session taken out of the table (in no ledger).
+fn release_from_table(worker: &Worker, session: Session) {
     let route = worker
         .policy
         .routes
         .iter()
         .position(|r| r.name == session.route);
-    worker.release(route, admission_of(session));
+    if let Err(e) = crate::websocket::slots::release(&HostStore, admission_of(session)) {
+        log::error!("edge-guard: releasing an engine.io session's slot failed: {e}");
+    }
+    metrics::increment(worker.metrics.ws_active, -1);
+    if let Some(m) = route.and_then(|r| worker.metrics.route(r)) {
+        metrics::increment(m.ws_active, -1);
+    }
 }
 
 /// Run by the root context's tick: ends the polling sessions no request kept
@@ -240,7 +266,7 @@ pub fn reclaim_expired(worker: &Worker, now_ms: u64) {
         Ok(expired) => {
             for session in expired {
                 log::debug!("engine.io session {} expired", session.sid);
-                release_session(worker, session);
+                release_from_table(worker, session);
             }
         }
         Err(e) => log::warn!("edge-guard: reclaiming engine.io sessions: {e}"),
