@@ -20,6 +20,7 @@ pub enum ErrorCode {
     UpstreamUnhealthy,
     TransportNotAllowed,
     EngineIoBadRequest,
+    DestinationNotAllowed,
 }
 
 impl ErrorCode {
@@ -36,6 +37,7 @@ impl ErrorCode {
             ErrorCode::UpstreamUnhealthy => "upstream_unhealthy",
             ErrorCode::TransportNotAllowed => "transport_not_allowed",
             ErrorCode::EngineIoBadRequest => "engine_io_bad_request",
+            ErrorCode::DestinationNotAllowed => "destination_not_allowed",
         }
     }
 
@@ -51,6 +53,7 @@ impl ErrorCode {
             ErrorCode::RouteMismatch => 502,
             ErrorCode::UpstreamUnhealthy => 503,
             ErrorCode::TransportNotAllowed | ErrorCode::EngineIoBadRequest => 400,
+            ErrorCode::DestinationNotAllowed => 403,
         }
     }
 }
@@ -137,6 +140,7 @@ mod tests {
             (ErrorCode::UpstreamUnhealthy, 503),
             (ErrorCode::TransportNotAllowed, 400),
             (ErrorCode::EngineIoBadRequest, 400),
+            (ErrorCode::DestinationNotAllowed, 403),
         ];
         for (code, status) in expected {
             assert_eq!(code.status(), status, "{}", code.as_str());

@@ -16,6 +16,8 @@ use super::ConfigError;
 
 #[derive(Debug, Clone)]
 pub struct PolicyConfig {
+    /// `"ingress"` (default): the edge; `"egress"`: services' outbound calls.
+    pub direction: Direction,
     pub routes: Vec<RouteConfig>,
     pub unknown_route: UnknownRoute,
     pub timeouts: TimeoutsConfig,
@@ -28,7 +30,10 @@ pub struct PolicyConfig {
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
     pub name: String,
-    pub prefix: String,
+    /// Required on ingress; `/` by default on egress.
+    pub prefix: Option<String>,
+    /// Egress only (and required there): the destination host.
+    pub host: Option<String>,
     pub cluster: String,
     pub methods: Option<Vec<String>>,
     pub timeout: Option<String>,
@@ -67,6 +72,23 @@ impl EngineIoConfig {
                 .strings("transports")?
                 .unwrap_or_else(|| vec!["websocket".to_string(), "polling".to_string()]),
         })
+    }
+}
+
+/// Where the filter runs: in front of the services, or on their way out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Direction {
+    #[default]
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
     }
 }
 
@@ -390,6 +412,7 @@ impl PolicyConfig {
             value,
             "",
             &[
+                "direction",
                 "routes",
                 "unknown_route",
                 "timeouts",
@@ -410,6 +433,15 @@ impl PolicyConfig {
             .map(|(i, route)| RouteConfig::from_value(route, &format!("routes[{i}]")))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(PolicyConfig {
+            direction: f
+                .choice(
+                    "direction",
+                    &[
+                        ("ingress", Direction::Ingress),
+                        ("egress", Direction::Egress),
+                    ],
+                )?
+                .unwrap_or_default(),
             routes,
             unknown_route: f
                 .choice(
@@ -463,6 +495,7 @@ impl RouteConfig {
             path,
             &[
                 "name",
+                "host",
                 "prefix",
                 "cluster",
                 "methods",
@@ -475,7 +508,8 @@ impl RouteConfig {
         )?;
         Ok(RouteConfig {
             name: f.required("name", Fields::string)?,
-            prefix: f.required("prefix", Fields::string)?,
+            prefix: f.string("prefix")?,
+            host: f.string("host")?,
             cluster: f.required("cluster", Fields::string)?,
             methods: f.strings("methods")?,
             timeout: f.string("timeout")?,
