@@ -236,6 +236,8 @@ cmd_test() {
   "$VENV/bin/envoy" --mode validate -c envoy/envoy.yaml -l error
   ensure_prometheus
   ensure_test_tools
+  # tests/tests/deploy_ci.rs gives a throwaway user sudo, as GitHub's runners have.
+  if [ "$(id -u)" = 0 ] && ! command -v sudo >/dev/null 2>&1; then apt_install sudo; fi
   log "unit and integration tests (integration tests run real Envoy)"
   EDGE_GUARD_ENVOY="$VENV/bin/envoy" EDGE_GUARD_WASM="$WASM" EDGE_GUARD_TOOLS="$TOOLS" \
     cargo test --workspace --features edge-guard/cli

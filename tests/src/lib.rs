@@ -23,6 +23,7 @@
 pub mod envoy;
 pub mod http;
 pub mod paths;
+pub mod tools;
 pub mod upstream;
 pub mod ws;
 
