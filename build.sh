@@ -108,6 +108,34 @@ optimise_wasm() {
     --enable-nontrapping-float-to-int "$1" -o "$2"
 }
 
+# Python's websockets (a second independent permessage-deflate client for
+# the tests), pinned, into the same venv as Envoy.
+WEBSOCKETS_VERSION="15.0.1"
+ensure_python_websockets() {
+  "$VENV/bin/python" -c "import websockets, sys; sys.exit(websockets.__version__ != '$WEBSOCKETS_VERSION')" 2>/dev/null && return
+  log "installing websockets==$WEBSOCKETS_VERSION into $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "websockets==$WEBSOCKETS_VERSION"
+}
+
+# Node packages for the demo socket.io service and the tests' JavaScript
+# clients, pinned by demo/socketio/package-lock.json, installed into
+# demo/socketio/node_modules. Node itself comes from Debian if missing.
+NODE_DIR="$ROOT/demo/socketio"
+ensure_node_deps() {
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    log "installing nodejs and npm from Debian"
+    if ! apt-get install -y -q nodejs npm >/dev/null 2>&1; then
+      apt-get update -q >/dev/null && apt-get install -y -q nodejs npm >/dev/null
+    fi
+  fi
+  if cmp -s "$NODE_DIR/package-lock.json" "$NODE_DIR/node_modules/.edge-guard-lock"; then
+    return
+  fi
+  log "installing the Node packages (npm ci in demo/socketio)"
+  (cd "$NODE_DIR" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  cp "$NODE_DIR/package-lock.json" "$NODE_DIR/node_modules/.edge-guard-lock"
+}
+
 build_wasm() {
   ensure_rust_target
   ensure_wasm_opt
@@ -121,6 +149,18 @@ build_wasm() {
     cp "$WASM" "$WASM.optimized"
   fi
   log "built $WASM ($(stat -c %s "$WASM") bytes)"
+}
+
+# The test-only build with the `fault-injection` feature (it traps on a
+# marker, see src/filter/fault.rs): its own target dir and output path, so the
+# release wasm never has it.
+FAULT_WASM="$ROOT/target/fault-injection/edge_guard.wasm"
+build_fault_wasm() {
+  ensure_rust_target
+  log "building the fault-injection wasm (tests only)"
+  cargo build --quiet --release --target wasm32-wasip1 -p edge-guard \
+    --features fault-injection --target-dir "$ROOT/target/fault-injection"
+  cp "$ROOT/target/fault-injection/wasm32-wasip1/release/edge_guard.wasm" "$FAULT_WASM"
 }
 
 build_demo() {
@@ -225,6 +265,8 @@ EOF2
 cmd_test() {
   ensure_rust_target
   ensure_envoy
+  ensure_python_websockets
+  ensure_node_deps
   log "formatting"
   cargo fmt --all --check
   log "clippy (native, all targets)"
@@ -234,12 +276,14 @@ cmd_test() {
   build_wasm
   log "envoy --mode validate on the shipped config"
   "$VENV/bin/envoy" --mode validate -c envoy/envoy.yaml -l error
+  build_fault_wasm
   ensure_prometheus
   ensure_test_tools
   # tests/tests/deploy_ci.rs gives a throwaway user sudo, as GitHub's runners have.
   if [ "$(id -u)" = 0 ] && ! command -v sudo >/dev/null 2>&1; then apt_install sudo; fi
   log "unit and integration tests (integration tests run real Envoy)"
-  EDGE_GUARD_ENVOY="$VENV/bin/envoy" EDGE_GUARD_WASM="$WASM" EDGE_GUARD_TOOLS="$TOOLS" \
+  EDGE_GUARD_ENVOY="$VENV/bin/envoy" EDGE_GUARD_WASM="$WASM" EDGE_GUARD_FAULT_WASM="$FAULT_WASM" \
+    EDGE_GUARD_TOOLS="$TOOLS" \
     cargo test --workspace --features edge-guard/cli
   # After cargo test: `./build.sh run` builds with cargo, which would wait
   # for the lock cargo test holds.
@@ -252,7 +296,7 @@ cmd="${1:-}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
   build) build_wasm ;;
-  setup) ensure_rust_target; ensure_envoy ;;
+  setup) ensure_rust_target; ensure_envoy; ensure_python_websockets; ensure_node_deps ;;
   ci-deps) cmd_ci_deps ;;
   optimise-wasm) optimise_wasm "$1" "$2" ;;
   run) cmd_run ;;

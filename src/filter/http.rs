@@ -21,6 +21,7 @@ use crate::policy::{Identity, OnMismatch, Route, TimeoutClass, UnknownRoute};
 use crate::reply::{error_body, ErrorCode, LocalReply};
 use crate::routing::{Method, RouteMatch};
 use crate::status::{self, RouteMismatch, StatusSnapshot};
+use crate::websocket::compression;
 use crate::websocket::frame::ChunkSource;
 use crate::websocket::monitor::{close_frame, ConnectionMonitor, Direction, Verdict};
 use crate::websocket::slots::{self, AdmissionRequest, Rejection};
@@ -309,7 +310,7 @@ impl EdgeGuardHttp {
             user: user.as_deref(),
             user_limit: ws.max_connections_per_user,
         };
-        let admission = match slots::try_acquire(&HostStore, &request) {
+        let admission = match worker.admit(id, request) {
             Ok(admission) => admission,
             Err(rejection) => {
                 let (code, message, retry) = match rejection {
@@ -343,13 +344,8 @@ impl EdgeGuardHttp {
                 return self.reject(code, message, retry);
             }
         };
-        metrics::increment(worker.metrics.ws_active, 1);
-        if let Some(m) = route_metrics {
-            metrics::increment(m.ws_active, 1);
-        }
-        if ws.connection.max_message_bytes.is_some() {
-            // permessage-deflate would make frame lengths compressed sizes;
-            // refusing it keeps max_message_bytes exact.
+        if !compression::keep_offer(&ws.connection) {
+            // max_message_bytes counts real message bytes: nothing compressed.
             host::set_request_header("sec-websocket-extensions", None);
         }
         let watched = Rc::new(std::cell::RefCell::new(Watched {
@@ -470,6 +466,13 @@ impl EdgeGuardHttp {
             self.worker.now_ms.set(now);
             ws.phase = WsPhase::Open;
             ws.monitor = ConnectionMonitor::new(now);
+            let accepted = host::response_header("sec-websocket-extensions");
+            if compression::allowed(
+                &self.worker.policy.websocket.connection,
+                accepted.as_deref(),
+            ) {
+                ws.monitor.allow_compressed_messages();
+            }
             if let Some(due) = ws
                 .monitor
                 .next_timer_due(&self.worker.policy.websocket.connection)
@@ -586,6 +589,7 @@ impl Drop for EdgeGuardHttp {
 
 impl HttpContext for EdgeGuardHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        super::fault::on_request_headers();
         let mut head = host::request_head();
         // Kept for every reply this stream may get, now or later: request
         // headers are out of reach after this callback.
@@ -627,6 +631,7 @@ impl HttpContext for EdgeGuardHttp {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        super::fault::on_request_body(body_size);
         let Some(watched) = self.watched.clone() else {
             return Action::Continue;
         };

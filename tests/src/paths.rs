@@ -44,6 +44,22 @@ pub fn wasm() -> PathBuf {
     p.canonicalize().unwrap_or(p)
 }
 
+/// `$EDGE_GUARD_FAULT_WASM` or the fault-injection build that `./build.sh
+/// test` writes (`target/fault-injection/edge_guard.wasm`): the filter built
+/// with the `fault-injection` feature, which traps on `x-edge-guard-fault: trap`.
+pub fn fault_wasm() -> PathBuf {
+    let p = from_env_or(
+        "EDGE_GUARD_FAULT_WASM",
+        repo_root().join("target/fault-injection/edge_guard.wasm"),
+    );
+    assert!(
+        p.is_file(),
+        "fault-injection wasm not found at {} — {HOW_TO_FIX}",
+        p.display()
+    );
+    p.canonicalize().unwrap_or(p)
+}
+
 /// `$EDGE_GUARD_UPSTREAM_BIN` or this package's `upstream` bin, which cargo
 /// builds next to the test executables (`target/<profile>/upstream`).
 pub fn upstream_bin() -> PathBuf {
