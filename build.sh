@@ -170,6 +170,9 @@ build_demo() {
 
 # The demo platform: one demo-upstream process per service (see envoy/envoy.yaml).
 DEMO_SERVICES="course_service:18081 booking_service:18082 payment_service:18083 notification_service:18084 upload_service:18085 event_service:18086"
+# The stand-in external SMS API, reached through the egress listener (:10001).
+DEMO_SERVICES="$DEMO_SERVICES sms_api:18087"
+EGRESS_ADDR="127.0.0.1:10001"
 
 # `./build.sh run` keeps every process it starts in RUN_PIDS/RUN_NAMES and
 # stops them all however the run ends: Ctrl-C (also as `./build.sh run | tail`
@@ -250,6 +253,11 @@ cmd_run() {
     fi
     sleep 0.1
   done
+  # The services' own outbound calls (<path>/__call/<host>/<rest>) go through
+  # the egress listener, where edge-guard runs in egress mode.
+  for svc in $DEMO_SERVICES; do
+    curl -fsS -X POST "http://127.0.0.1:${svc##*:}/__control/egress?addr=$EGRESS_ADDR" >/dev/null
+  done
   cat <<EOF2 || true
 
 edge-guard demo stack is up (logs in $RUN_DIR/):
@@ -257,6 +265,8 @@ edge-guard demo stack is up (logs in $RUN_DIR/):
   status     http://127.0.0.1:10000/.edge-guard/status
   admin      http://127.0.0.1:9901       e.g. curl -s http://127.0.0.1:9901/stats/prometheus | grep edge_guard
   websocket  ws://127.0.0.1:10000/ws/events  (send header x-user-id)
+  egress     http://$EGRESS_ADDR  the services' outbound calls, e.g.
+             curl -s http://127.0.0.1:10000/api/bookings/1/__call/sms.example.com/v1/send?delay_ms=20000
 Ctrl-C stops everything.
 EOF2
   run_wait_any
