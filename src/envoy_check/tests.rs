@@ -613,7 +613,7 @@ fn fixture(name: &str) -> String {
 fn parse_envoy(text: &str) -> Result<Value, String> {
     #[cfg(feature = "cli")]
     {
-        let yaml: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        let yaml: serde_norway::Value = serde_norway::from_str(text).map_err(|e| e.to_string())?;
         serde_json::to_value(yaml).map_err(|e| e.to_string())
     }
     #[cfg(not(feature = "cli"))]
@@ -822,4 +822,22 @@ mod yaml_fixtures {
             );
         }
     }
+}
+
+#[test]
+fn a_short_class_on_a_socket_io_route_without_engine_io_is_a_warning() {
+    let mut p = policy();
+    p["routes"][1]["prefix"] = json!("/ws/events/socket.io");
+    p["timeouts"]["classes"]["standard"] = json!("5s");
+    let mut envoy = good();
+    hcm_of(&mut envoy)["route_config"]["virtual_hosts"][0]["routes"][1]["match"]["prefix"] =
+        json!("/ws/events/socket.io");
+    let report = check(&envoy, &p);
+    let finding = only(&report, "engine_io_missing");
+    assert_eq!(finding.severity, Severity::Warning);
+    assert_eq!(finding.policy_route.as_deref(), Some("events"));
+    assert!(finding.message.contains("engine_io"), "{}", finding.message);
+    // With engine_io the warning goes.
+    p["routes"][1]["engine_io"] = json!({});
+    assert!(findings(&check(&envoy, &p), "engine_io_missing").is_empty());
 }

@@ -89,11 +89,13 @@ const WS_REJECTIONS: [ErrorCode; 3] = [
     ErrorCode::IdentityRequired,
 ];
 
-const REJECTIONS: [ErrorCode; 5] = [
+const REJECTIONS: [ErrorCode; 7] = [
     ErrorCode::RouteNotFound,
     ErrorCode::MethodNotAllowed,
     ErrorCode::RouteMismatch,
     ErrorCode::UpstreamUnhealthy,
+    ErrorCode::TransportNotAllowed,
+    ErrorCode::EngineIoBadRequest,
     ErrorCode::DestinationNotAllowed,
 ];
 
@@ -150,7 +152,7 @@ pub struct Metrics {
     /// Health transitions of any cluster, instance-wide: a worker re-reads
     /// the shared health records only when this moved.
     pub health_transitions: MetricId,
-    rejected: [MetricId; 5],
+    rejected: [MetricId; REJECTIONS.len()],
 }
 
 impl Metrics {
@@ -222,7 +224,7 @@ impl Metrics {
                 }
             })
             .collect();
-        let mut rejected = [MetricId::default(); 5];
+        let mut rejected = [MetricId::default(); REJECTIONS.len()];
         for (slot, code) in rejected.iter_mut().zip(REJECTIONS) {
             *slot = define(
                 MetricType::Counter,
