@@ -214,7 +214,10 @@ impl EdgeGuardRoot {
             self.next_probe_ms = vec![0; worker.policy.clusters.len()];
         }
         for (index, cluster) in worker.policy.clusters.iter().enumerate() {
-            let due = self.next_probe_ms.get(index).is_some_and(|due| now_ms >= *due);
+            let due = self
+                .next_probe_ms
+                .get(index)
+                .is_some_and(|due| now_ms >= *due);
             if !stale && !due {
                 continue;
             }

@@ -485,7 +485,9 @@ fn deadline_hits_are_counted_per_route_and_class_and_durations_reach_prometheus(
 #[test]
 fn without_metrics_request_duration_no_histogram_is_defined_and_router_timeouts_still_count() {
     let (_up, envoy) = stack();
-    envoy.get("/api/quick/report?delay_ms=4000").assert_error(504, "upstream_timeout");
+    envoy
+        .get("/api/quick/report?delay_ms=4000")
+        .assert_error(504, "upstream_timeout");
     assert_eq!(envoy.get("/api/quick/report").status, 200);
     let name = "edge_guard.route.quick.class.fast.deadline.upstream_timeout";
     assert_eq!(
