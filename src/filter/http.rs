@@ -72,8 +72,9 @@ pub struct EdgeGuardHttp {
     /// `x-request-id`, kept from the request headers: Envoy 1.40 gives no
     /// access to request headers (nor `request.id`) in later callbacks.
     request_id: Option<String>,
-    /// What this stream is to an Engine.IO session, on `engine_io` routes.
-    engine_io: Option<engine_io::EioStream>,
+    /// What this stream is to an Engine.IO session, on `engine_io` routes
+    /// (boxed: every other stream's context stays small).
+    engine_io: Option<Box<engine_io::EioStream>>,
 }
 
 impl EdgeGuardHttp {
@@ -422,13 +423,13 @@ impl EdgeGuardHttp {
         let watched = Rc::new(std::cell::RefCell::new(Watched {
             route: Some(id),
             request_id: self.request_id.clone(),
-            kind: WatchKind::WebSocket(Box::new(WebSocketStream {
+            kind: WatchKind::WebSocket(WebSocketStream {
                 phase: WsPhase::Upgrading,
                 monitor: ConnectionMonitor::new(now),
                 admission: Some(admission),
                 close_owed_to_client: None,
                 close_owed_to_upstream: None,
-            })),
+            }),
         }));
         worker.watch(self.id, Rc::clone(&watched), deadline.upgrade_deadline_ms());
         self.watched = Some(watched);
