@@ -98,7 +98,7 @@ def policy(n_routes, ws_rate_limit=100_000, request_duration=False):
             "timeout": SERVICE_CLASS.get(svc, "standard"),
         }
         routes.append(route)
-    return {
+    doc = {
         "routes": routes,
         "unknown_route": "reject",
         "timeouts": {
@@ -124,11 +124,13 @@ def policy(n_routes, ws_rate_limit=100_000, request_duration=False):
             "max_duration": "1h",
         },
         "routing": {"on_mismatch": "reject"},
-        "metrics": {"request_duration": request_duration},
         "health_checks": {"interval": "10s", "timeout": "2s", "path": "/health",
                           "unhealthy_threshold": 3, "healthy_threshold": 1,
                           "fail_fast": True},
     }
+    if request_duration:
+        doc["metrics"] = {"request_duration": True}
+    return doc
 
 
 def _typed(type_name, **fields):
