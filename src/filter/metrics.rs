@@ -75,11 +75,13 @@ const WS_REJECTIONS: [ErrorCode; 3] = [
     ErrorCode::IdentityRequired,
 ];
 
-const REJECTIONS: [ErrorCode; 4] = [
+const REJECTIONS: [ErrorCode; 6] = [
     ErrorCode::RouteNotFound,
     ErrorCode::MethodNotAllowed,
     ErrorCode::RouteMismatch,
     ErrorCode::UpstreamUnhealthy,
+    ErrorCode::InvalidPath,
+    ErrorCode::InvalidUpgrade,
 ];
 
 #[derive(Debug, Default)]
@@ -130,7 +132,7 @@ pub struct Metrics {
     pub routes: Vec<RouteMetrics>,
     pub clusters: Vec<ClusterMetrics>,
     pub ws_active: MetricId,
-    rejected: [MetricId; 4],
+    rejected: [MetricId; REJECTIONS.len()],
 }
 
 impl Metrics {
@@ -189,7 +191,7 @@ impl Metrics {
                 }
             })
             .collect();
-        let mut rejected = [MetricId::default(); 4];
+        let mut rejected = [MetricId::default(); REJECTIONS.len()];
         for (slot, code) in rejected.iter_mut().zip(REJECTIONS) {
             *slot = define(
                 MetricType::Counter,
