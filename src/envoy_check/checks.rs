@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde_json::Value;
 
+use super::edge;
 use super::matching::{self, select_route, Request, Selection};
 use super::model::{
     quoted_list, Action, EnvoyConfig, EnvoyRoute, FilterKind, Hcm, HttpFilter, PathMatch,
@@ -81,6 +82,16 @@ pub fn validate(envoy_doc: &Value, options: &Options) -> Result<Report, String> 
                 ),
             );
         }
+    }
+
+    for (hcm, is_guarded) in envoy.hcms.iter().zip(&guarded) {
+        if *is_guarded {
+            out.findings
+                .extend(edge::check_hcm(&hcm.label, &hcm.edge, policy.as_ref()));
+        }
+    }
+    if any_guarded {
+        out.findings.extend(edge::check_process(&envoy.process));
     }
 
     let Some(policy) = policy else {
