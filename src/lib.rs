@@ -12,6 +12,8 @@ pub mod health;
 pub mod json;
 pub mod path;
 pub mod policy;
+#[cfg(test)]
+mod proptests;
 pub mod reply;
 pub mod routing;
 pub mod shared_store;
