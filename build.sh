@@ -50,6 +50,34 @@ optimise_wasm() {
     --enable-nontrapping-float-to-int "$1" -o "$2"
 }
 
+# Python's websockets (a second independent permessage-deflate client for
+# the tests), pinned, into the same venv as Envoy.
+WEBSOCKETS_VERSION="15.0.1"
+ensure_python_websockets() {
+  "$VENV/bin/python" -c "import websockets, sys; sys.exit(websockets.__version__ != '$WEBSOCKETS_VERSION')" 2>/dev/null && return
+  log "installing websockets==$WEBSOCKETS_VERSION into $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "websockets==$WEBSOCKETS_VERSION"
+}
+
+# Node packages for the demo socket.io service and the tests' JavaScript
+# clients, pinned by demo/socketio/package-lock.json, installed into
+# demo/socketio/node_modules. Node itself comes from Debian if missing.
+NODE_DIR="$ROOT/demo/socketio"
+ensure_node_deps() {
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    log "installing nodejs and npm from Debian"
+    if ! apt-get install -y -q nodejs npm >/dev/null 2>&1; then
+      apt-get update -q >/dev/null && apt-get install -y -q nodejs npm >/dev/null
+    fi
+  fi
+  if cmp -s "$NODE_DIR/package-lock.json" "$NODE_DIR/node_modules/.edge-guard-lock"; then
+    return
+  fi
+  log "installing the Node packages (npm ci in demo/socketio)"
+  (cd "$NODE_DIR" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  cp "$NODE_DIR/package-lock.json" "$NODE_DIR/node_modules/.edge-guard-lock"
+}
+
 build_wasm() {
   ensure_rust_target
   ensure_wasm_opt
@@ -114,6 +142,8 @@ EOF2
 cmd_test() {
   ensure_rust_target
   ensure_envoy
+  ensure_python_websockets
+  ensure_node_deps
   log "formatting"
   cargo fmt --all --check
   log "clippy (native, all targets)"
@@ -132,7 +162,7 @@ cmd="${1:-}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
   build) build_wasm ;;
-  setup) ensure_rust_target; ensure_envoy ;;
+  setup) ensure_rust_target; ensure_envoy; ensure_python_websockets; ensure_node_deps ;;
   optimise-wasm) optimise_wasm "$1" "$2" ;;
   run) cmd_run ;;
   test) cmd_test ;;

@@ -99,8 +99,7 @@ fn envoy_route<'a>(prefixes: &'a [String], path: &str) -> Option<&'a str> {
         .find(|p| {
             p.as_str() == "/"
                 || path == p.as_str()
-                || (path.starts_with(p.as_str())
-                    && path.as_bytes().get(p.len()) == Some(&b'/'))
+                || (path.starts_with(p.as_str()) && path.as_bytes().get(p.len()) == Some(&b'/'))
         })
         .map(String::as_str)
 }

@@ -24,6 +24,7 @@ use crate::reply::{ErrorCode, LocalReply};
 use crate::routing::{Method, RouteMatch};
 use crate::status::{self, RouteMismatch, StatusSnapshot};
 use crate::upgrade::{self, UpgradeKind};
+use crate::websocket::compression;
 use crate::websocket::frame::ChunkSource;
 use crate::websocket::monitor::{close_frame, ConnectionMonitor, Direction, Verdict};
 use crate::websocket::slots::{self, AdmissionRequest, Rejection};
@@ -348,9 +349,8 @@ impl EdgeGuardHttp {
         if let Some(m) = route_metrics {
             metrics::increment(m.ws_active, 1);
         }
-        if ws.connection.max_message_bytes.is_some() {
-            // permessage-deflate would make frame lengths compressed sizes;
-            // refusing it keeps max_message_bytes exact.
+        if !compression::keep_offer(&ws.connection) {
+            // max_message_bytes counts real message bytes: nothing compressed.
             host::set_request_header("sec-websocket-extensions", None);
         }
         let watched = Rc::new(std::cell::RefCell::new(Watched {
@@ -471,6 +471,13 @@ impl EdgeGuardHttp {
             self.worker.now_ms.set(now);
             ws.phase = WsPhase::Open;
             ws.monitor = ConnectionMonitor::new(now);
+            let accepted = host::response_header("sec-websocket-extensions");
+            if compression::allowed(
+                &self.worker.policy.websocket.connection,
+                accepted.as_deref(),
+            ) {
+                ws.monitor.allow_compressed_messages();
+            }
             if let Some(due) = ws
                 .monitor
                 .next_timer_due(&self.worker.policy.websocket.connection)

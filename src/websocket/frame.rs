@@ -229,8 +229,14 @@ impl FrameScanner {
     /// Allows the RSV bits in `rsv` (3 low bits, RSV1 = 0b100) for a negotiated
     /// extension.
     pub fn with_allowed_rsv(mut self, rsv: u8) -> Self {
-        self.flags |= (rsv & 0b111) << RSV_SHIFT;
+        self.allow_rsv(rsv);
         self
+    }
+
+    /// As [`with_allowed_rsv`](Self::with_allowed_rsv), on a scanner already running
+    /// (the extension is known only once the upgrade's 101 arrives).
+    pub fn allow_rsv(&mut self, rsv: u8) {
+        self.flags |= (rsv & 0b111) << RSV_SHIFT;
     }
 
     pub fn sender(&self) -> Sender {
@@ -366,6 +372,12 @@ impl FrameScanner {
             return Err(FrameError::ReservedBitsSet);
         }
         let opcode = Opcode::from_u8(raw_opcode).ok_or(FrameError::ReservedOpcode(raw_opcode))?;
+        // The one RSV extension edge-guard admits is permessage-deflate, whose
+        // bit marks a compressed message on its first frame only (RFC 7692
+        // §6.1): on control and continuation frames it is still an error.
+        if rsv != 0 && !matches!(opcode, Opcode::Text | Opcode::Binary) {
+            return Err(FrameError::ReservedBitsSet);
+        }
         if payload_len >> 63 != 0 {
             return Err(FrameError::LengthTooLarge);
         }
@@ -740,6 +752,23 @@ mod tests {
         assert_eq!(frames[0].rsv, 0b100);
         assert_eq!(
             only_error(&mut scanner, &[0x80 | 0x20 | 0x1, 0x00]),
+            FrameError::ReservedBitsSet
+        );
+    }
+
+    #[test]
+    fn rsv1_only_on_the_first_frame_of_a_data_message() {
+        let mut scanner = client().with_allowed_rsv(0b100);
+        let mut first = frame(false, Opcode::Text, b"ab", Some(KEY));
+        first[0] |= 0x40;
+        assert!(scan_all(&mut scanner, &first).is_ok());
+        let mut cont = frame(true, Opcode::Continuation, b"c", Some(KEY));
+        cont[0] |= 0x40;
+        assert_eq!(only_error(&mut scanner, &cont), FrameError::ReservedBitsSet);
+        let mut ping = frame(true, Opcode::Ping, b"", Some(KEY));
+        ping[0] |= 0x40;
+        assert_eq!(
+            only_error(&mut client().with_allowed_rsv(0b100), &ping),
             FrameError::ReservedBitsSet
         );
     }

@@ -2,12 +2,14 @@
 //!
 //! Owns: admission of upgrades against instance/route/user connection limits across
 //! workers ([`slots`]), the RFC 6455 frame scanner ([`frame`]) and the per-connection
-//! limits enforced on the scanned frames ([`monitor`]).
+//! limits enforced on the scanned frames ([`monitor`]), and when compressed frames are
+//! legal ([`compression`]).
 //!
 //! Must never: talk to the host directly. The host layer hands in a
 //! [`SharedStore`](crate::shared_store::SharedStore), [`ChunkSource`]s and the time, and
 //! acts on the returned decisions (reply codes, close frames, timers).
 
+pub mod compression;
 pub mod frame;
 pub mod monitor;
 pub mod slots;

@@ -125,6 +125,9 @@ impl Side {
     }
 }
 
+/// The permessage-deflate bit, as [`FrameScanner::allow_rsv`] takes it.
+const RSV1: u8 = 0b100;
+
 /// Milli-tokens per token.
 const MILLI: u32 = 1000;
 
@@ -158,6 +161,15 @@ impl ConnectionMonitor {
             closed: None,
             protocol_error: None,
         }
+    }
+
+    /// The upstream's 101 accepted permessage-deflate: from now on RSV1 (a
+    /// compressed message's first frame) is legal in both directions. Sizes stay
+    /// wire sizes; see [`compression`](super::compression) for why that is never
+    /// what `max_message_bytes` sees.
+    pub fn allow_compressed_messages(&mut self) {
+        self.client.scanner.allow_rsv(RSV1);
+        self.upstream.scanner.allow_rsv(RSV1);
     }
 
     /// Checks the frames of the next chunk of `dir` (every byte of the stream exactly
@@ -440,6 +452,24 @@ mod tests {
             assert_eq!(reason.as_str(), name);
             assert_eq!(reason.to_string(), name);
         }
+    }
+
+    #[test]
+    fn compressed_frames_pass_both_ways_only_once_allowed() {
+        let l = ConnectionLimits::default();
+        let mut client = cf(true, Opcode::Text, b"compressed");
+        client[0] |= 0x40;
+        let mut server = sf(true, Opcode::Binary, b"compressed");
+        server[0] |= 0x40;
+        let mut m = ConnectionMonitor::new(0);
+        m.allow_compressed_messages();
+        assert_eq!(feed(&mut m, &l, C2U, &client, 0), Verdict::Pass);
+        assert_eq!(feed(&mut m, &l, U2C, &server, 0), Verdict::Pass);
+        let mut m = ConnectionMonitor::new(0);
+        assert_eq!(
+            feed(&mut m, &l, U2C, &server, 0),
+            closed(CloseReason::ProtocolError, 0)
+        );
     }
 
     #[test]

@@ -23,11 +23,13 @@
 pub mod envoy;
 pub mod http;
 pub mod paths;
+pub mod scripts;
 pub mod upstream;
 pub mod ws;
 
 pub use envoy::{Envoy, EnvoyBuilder, Policy, StartFailure};
 pub use http::{Request, Response, SlowUpload};
+pub use scripts::ScriptProcess;
 pub use upstream::Upstream;
 pub use ws::{raw_frame, UpgradeRejected, WsClient, WsEvent};
 
