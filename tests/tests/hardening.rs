@@ -454,10 +454,24 @@ fn envoys_own_errors_have_the_json_shape() {
         "timeouts": {"classes": {"standard": "30s", "quick": "1s"}},
         "unknown_route": "allow"
     });
+    // An upstream that answers garbage: Envoy's 502.
+    let garbage = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let garbage_port = garbage.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for mut conn in garbage.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = std::io::Read::read(&mut conn, &mut buf);
+            let _ = conn.write_all(b"NOT HTTP AT ALL\r\n\r\n");
+        }
+    });
     for settings in BOTH {
         let envoy = builder(&policy, settings)
             .upstream(&courses)
             .cluster_at_port("closed_service", 1)
+            .cluster_at_port("garbage_service", garbage_port)
+            .http_filter_yaml(
+                "name: envoy.filters.http.rbac\ntyped_config:\n  \"@type\": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC\n  rules:\n    action: DENY\n    policies:\n      forbidden:\n        permissions: [{url_path: {path: {prefix: /forbidden}}}]\n        principals: [{any: true}]",
+            )
             .request_headers_timeout(Duration::from_millis(500))
             .http_filter_yaml(
                 "name: envoy.filters.http.buffer\ntyped_config:\n  \"@type\": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer\n  max_request_bytes: 1024",
@@ -466,7 +480,10 @@ fn envoys_own_errors_have_the_json_shape() {
                 "- name: courses\n  match: {prefix: /api/courses}\n  route: {cluster: course_service, timeout: 300s}\n\
                  - name: empty\n  match: {prefix: /api/empty}\n  route: {cluster: empty_service}\n\
                  - name: closed\n  match: {prefix: /api/closed}\n  route: {cluster: closed_service}\n\
-                 - name: events\n  match: {prefix: /ws}\n  route: {cluster: course_service, timeout: 0s}",
+                 - name: events\n  match: {prefix: /ws}\n  route: {cluster: course_service, timeout: 0s}\n\
+                 - name: garbage\n  match: {prefix: /garbage}\n  route: {cluster: garbage_service}\n\
+                 - name: teapot\n  match: {prefix: /teapot}\n  direct_response: {status: 418, body: {inline_string: short and stout}}\n\
+                 - name: healthz\n  match: {prefix: /healthz}\n  direct_response: {status: 200, body: {inline_string: ok}}",
             )
             .start();
         let id = |s: &str| format!("{s}-{settings:?}");
@@ -491,6 +508,20 @@ fn envoys_own_errors_have_the_json_shape() {
             "upstream_unavailable",
             Some(&rid),
         );
+        // 502: the upstream answered something that is not HTTP.
+        let rid = id("upe");
+        assert_envoy_error(&get("/garbage/x", &rid), 502, "upstream_error", Some(&rid));
+        // 403: an authorization filter (rbac) said no.
+        let rid = id("rbac");
+        assert_envoy_error(&get("/forbidden/x", &rid), 403, "forbidden", Some(&rid));
+        // Any other status Envoy answers itself.
+        let rid = id("teapot");
+        let resp = get("/teapot", &rid);
+        assert_envoy_error(&resp, 418, "proxy_error", Some(&rid));
+        assert!(resp.text().contains("short and stout"), "{resp:?}");
+        // A successful direct response is left alone.
+        let resp = get("/healthz", &rid);
+        assert_eq!((resp.status, resp.text().as_str()), (200, "ok"), "{resp:?}");
         // 404: no Envoy route (edge-guard lets unknown routes through here).
         let rid = id("nr");
         assert_envoy_error(&get("/elsewhere", &rid), 404, "route_not_found", Some(&rid));
