@@ -93,6 +93,18 @@ build_wasm() {
   log "built $WASM ($(stat -c %s "$WASM") bytes)"
 }
 
+# The test-only build with the `fault-injection` feature (it traps on a
+# marker, see src/filter/fault.rs): its own target dir and output path, so the
+# release wasm never has it.
+FAULT_WASM="$ROOT/target/fault-injection/edge_guard.wasm"
+build_fault_wasm() {
+  ensure_rust_target
+  log "building the fault-injection wasm (tests only)"
+  cargo build --quiet --release --target wasm32-wasip1 -p edge-guard \
+    --features fault-injection --target-dir "$ROOT/target/fault-injection"
+  cp "$ROOT/target/fault-injection/wasm32-wasip1/release/edge_guard.wasm" "$FAULT_WASM"
+}
+
 build_demo() {
   log "building the demo services"
   cargo build --quiet --release -p edge-guard-demo
@@ -153,8 +165,9 @@ cmd_test() {
   build_wasm
   log "envoy --mode validate on the shipped config"
   "$VENV/bin/envoy" --mode validate -c envoy/envoy.yaml -l error
+  build_fault_wasm
   log "unit and integration tests (integration tests run real Envoy)"
-  EDGE_GUARD_ENVOY="$VENV/bin/envoy" EDGE_GUARD_WASM="$WASM" \
+  EDGE_GUARD_ENVOY="$VENV/bin/envoy" EDGE_GUARD_WASM="$WASM" EDGE_GUARD_FAULT_WASM="$FAULT_WASM" \
     cargo test --workspace --features edge-guard/cli
 }
 

@@ -311,7 +311,7 @@ impl EdgeGuardHttp {
             user: user.as_deref(),
             user_limit: ws.max_connections_per_user,
         };
-        let admission = match slots::try_acquire(&HostStore, &request) {
+        let admission = match worker.admit(id, request) {
             Ok(admission) => admission,
             Err(rejection) => {
                 let (code, message, retry) = match rejection {
@@ -345,10 +345,6 @@ impl EdgeGuardHttp {
                 return self.reject(code, message, retry);
             }
         };
-        metrics::increment(worker.metrics.ws_active, 1);
-        if let Some(m) = route_metrics {
-            metrics::increment(m.ws_active, 1);
-        }
         if !compression::keep_offer(&ws.connection) {
             // max_message_bytes counts real message bytes: nothing compressed.
             host::set_request_header("sec-websocket-extensions", None);
@@ -594,6 +590,7 @@ impl Drop for EdgeGuardHttp {
 
 impl HttpContext for EdgeGuardHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        super::fault::on_request_headers();
         let mut head = host::request_head();
         // Kept for every reply this stream may get, now or later: request
         // headers are out of reach after this callback.
@@ -652,6 +649,7 @@ impl HttpContext for EdgeGuardHttp {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        super::fault::on_request_body(body_size);
         let Some(watched) = self.watched.clone() else {
             return Action::Continue;
         };

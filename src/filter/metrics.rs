@@ -9,6 +9,8 @@
 //! - `edge_guard.route.<route>.websocket.active` gauge,
 //!   `...websocket.rejected.<code>` and `...websocket.closed.<reason>` counters
 //! - `edge_guard.websocket.active` gauge (whole instance)
+//! - `edge_guard.vm.failures` counter (VM generations declared dead by the
+//!   reaper) and `edge_guard.websocket.reclaimed` counter (their slots given back)
 //! - `edge_guard.rejected.<error code>` counters
 //! - `edge_guard.cluster.<cluster>.healthy` gauge (1/0), `...probes`, `...probe_failures` counters
 
@@ -39,6 +41,14 @@ pub fn increment(id: MetricId, by: i64) {
     if id.0 != 0 {
         let _ = hostcalls::increment_metric(id.0, by);
     }
+}
+
+/// The current value of a metric this plugin defined (a gauge's value
+/// includes a hot-restart parent's, which Envoy merges into it).
+pub fn read(id: MetricId) -> Option<u64> {
+    (id.0 != 0)
+        .then(|| hostcalls::get_metric(id.0).ok())
+        .flatten()
 }
 
 pub fn record(id: MetricId, value: u64) {
@@ -132,6 +142,8 @@ pub struct Metrics {
     pub routes: Vec<RouteMetrics>,
     pub clusters: Vec<ClusterMetrics>,
     pub ws_active: MetricId,
+    pub vm_failures: MetricId,
+    pub ws_reclaimed: MetricId,
     rejected: [MetricId; REJECTIONS.len()],
 }
 
@@ -202,6 +214,8 @@ impl Metrics {
             routes,
             clusters,
             ws_active: define(MetricType::Gauge, "edge_guard.websocket.active"),
+            vm_failures: define(MetricType::Counter, "edge_guard.vm.failures"),
+            ws_reclaimed: define(MetricType::Counter, "edge_guard.websocket.reclaimed"),
             rejected,
         }
     }

@@ -6,9 +6,11 @@
 //! `RefCell` borrow across a host call that can call back into the VM
 //! (`send_http_response`, `reset_http_request`), since Envoy may re-enter.
 
+mod fault;
 mod host;
 mod http;
 mod metrics;
+mod ownership;
 mod root;
 mod worker;
 

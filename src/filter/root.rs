@@ -23,6 +23,7 @@ use crate::websocket::slots;
 use super::host::{self, HostStore};
 use super::http::{EdgeGuardHttp, REQUEST_TIMEOUT_MESSAGE, UPSTREAM_TIMEOUT_MESSAGE};
 use super::metrics::{self, Metrics};
+use super::ownership;
 use super::worker::{TimerAction, Worker};
 
 /// Deadlines fire within one tick of their time (the brief allows 100 ms).
@@ -56,6 +57,8 @@ pub struct EdgeGuardRoot {
     /// Health probes in flight: call token → cluster index.
     probes: HashMap<u32, usize>,
     next_reap_ms: u64,
+    /// Whether this root context counts in the VM's ownership (configured).
+    owns: bool,
 }
 
 impl EdgeGuardRoot {
@@ -65,6 +68,7 @@ impl EdgeGuardRoot {
             worker: None,
             probes: HashMap::new(),
             next_reap_ms: 0,
+            owns: false,
         }
     }
 
@@ -96,7 +100,12 @@ impl EdgeGuardRoot {
         }
 
         let metrics = Metrics::define(&policy);
-        let worker = Worker::new(Rc::new(policy), metrics, host::now_ms());
+        let now = host::now_ms();
+        if !self.owns {
+            self.owns = true;
+            ownership::root_configured();
+        }
+        let worker = Worker::new(Rc::new(policy), metrics, now);
         self.worker = Some(Rc::new(worker));
         Ok(())
     }
@@ -311,6 +320,13 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 }
 
 impl Context for EdgeGuardRoot {
+    fn on_done(&mut self) -> bool {
+        if std::mem::take(&mut self.owns) {
+            ownership::root_done();
+        }
+        true
+    }
+
     fn on_http_call_response(
         &mut self,
         token_id: u32,
@@ -361,6 +377,10 @@ impl RootContext for EdgeGuardRoot {
         worker.now_ms.set(now);
         self.refresh_health(&worker, now);
         self.run_timers(&worker, now);
+        let reaped = ownership::tick(now);
+        if !reaped.is_empty() {
+            worker.reclaimed(&reaped);
+        }
         if now >= self.next_reap_ms {
             self.next_reap_ms = now.saturating_add(REAP_EVERY_MS);
             self.reap(&worker);

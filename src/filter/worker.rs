@@ -15,10 +15,12 @@ use crate::deadline::{Deadline, DeadlineHit, Phase};
 use crate::policy::Policy;
 use crate::status::ClusterHealth;
 use crate::websocket::monitor::{CloseReason, ConnectionMonitor, Direction};
-use crate::websocket::slots::{self, Admission};
+use crate::websocket::ownership::{self, Reaped};
+use crate::websocket::slots::{self, Admission, AdmissionRequest, Rejection};
 
 use super::host::HostStore;
 use super::metrics::{self, Metrics};
+use super::ownership as owner;
 
 /// Where an upgraded (or upgrading) connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,13 +176,80 @@ impl Worker {
         }
     }
 
+    /// Takes a WebSocket slot for `route`. The instance gauge goes up first
+    /// and down last, so that in this process it is never below the shared
+    /// count: the difference is then what another process holds (see
+    /// `held_elsewhere`). The slot is recorded in this VM's ledger.
+    pub fn admit(
+        &self,
+        route: usize,
+        mut request: AdmissionRequest<'_>,
+    ) -> Result<Admission, Rejection> {
+        if request.instance_limit.is_some() {
+            request.instance_limit =
+                ownership::local_limit(request.instance_limit, self.held_elsewhere());
+        }
+        metrics::increment(self.metrics.ws_active, 1);
+        let admission = match slots::try_acquire(&HostStore, &request) {
+            Ok(admission) => admission,
+            Err(rejection) => {
+                metrics::increment(self.metrics.ws_active, -1);
+                return Err(rejection);
+            }
+        };
+        owner::acquired(&admission, self.now_ms.get());
+        if let Some(m) = self.metrics.route(route) {
+            metrics::increment(m.ws_active, 1);
+        }
+        Ok(admission)
+    }
+
     pub fn release(&self, route: Option<usize>, admission: Admission) {
+        // Ledger first: a VM dying between the two leaks this one slot
+        // rather than letting the reaper subtract it twice.
+        owner::released(&admission, self.now_ms.get());
         if let Err(e) = slots::release(&HostStore, admission) {
             log::error!("edge-guard: releasing a websocket slot failed: {e}");
         }
         metrics::increment(self.metrics.ws_active, -1);
         if let Some(m) = route.and_then(|r| self.metrics.route(r)) {
             metrics::increment(m.ws_active, -1);
+        }
+    }
+
+    /// What a hot-restart parent holds: the merged instance gauge minus this
+    /// process's shared count (read in that order, the count can only be
+    /// lower than at the gauge read, never higher, so the difference never
+    /// under-counts the parent). Envoy merges the parent's gauges at every
+    /// stats flush (5 s by default), so capacity the parent frees reaches
+    /// this process within one flush.
+    fn held_elsewhere(&self) -> u32 {
+        let merged = metrics::read(self.metrics.ws_active).unwrap_or(0);
+        slots::read_counts(&HostStore, &[])
+            .map(|counts| ownership::held_elsewhere(merged, counts.instance))
+            .unwrap_or(0)
+    }
+
+    /// A dead VM generation's slots were given back: count it, and take its
+    /// connections off the gauges it had raised.
+    pub fn reclaimed(&self, reaped: &[Reaped]) {
+        for generation in reaped {
+            let held = &generation.holdings;
+            log::warn!(
+                "edge-guard: VM generation {} stopped (no heartbeat for {} ms): reclaimed {} websocket slots",
+                generation.generation,
+                ownership::STALE_AFTER_MS,
+                held.instance
+            );
+            metrics::increment(self.metrics.vm_failures, 1);
+            metrics::increment(self.metrics.ws_reclaimed, i64::from(held.instance));
+            metrics::increment(self.metrics.ws_active, -i64::from(held.instance));
+            for (name, n) in &held.routes {
+                let route = self.policy.routes.iter().position(|r| &r.name == name);
+                if let Some(m) = route.and_then(|r| self.metrics.route(r)) {
+                    metrics::increment(m.ws_active, -i64::from(*n));
+                }
+            }
         }
     }
 

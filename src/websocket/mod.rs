@@ -12,6 +12,7 @@
 pub mod compression;
 pub mod frame;
 pub mod monitor;
+pub mod ownership;
 pub mod slots;
 
 pub use frame::{

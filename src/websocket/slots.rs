@@ -468,6 +468,80 @@ fn decrement_user<S: SharedStore + ?Sized>(store: &S, user: &str) -> Result<(), 
     Err(last)
 }
 
+// ---- bulk changes, for slots whose holder is gone (see `ownership`) ----
+
+/// Changes the count at `key` (the instance key or a route key) by `delta`, never below
+/// zero; bounded by [`RELEASE_ATTEMPTS`].
+pub fn adjust_count<S: SharedStore + ?Sized>(
+    store: &S,
+    key: &str,
+    delta: i64,
+) -> Result<(), StoreError> {
+    let mut last = StoreError::CasMismatch;
+    for _ in 0..RELEASE_ATTEMPTS {
+        let (value, cas) = store.get(key)?.ok_or(StoreError::MissingKey)?;
+        let count = i64::from(parse_count(&value)?);
+        let next = u32::try_from(count.saturating_add(delta).max(0)).unwrap_or(u32::MAX);
+        if i64::from(next) == count {
+            return Ok(());
+        }
+        match store.set(key, next.to_string().as_bytes(), cas) {
+            Ok(()) => return Ok(()),
+            Err(StoreError::CasMismatch) => last = StoreError::CasMismatch,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
+/// Changes `user`'s count by `delta`, never below zero (the entry disappears at zero);
+/// bounded by [`RELEASE_ATTEMPTS`].
+pub fn adjust_user<S: SharedStore + ?Sized>(
+    store: &S,
+    user: &str,
+    delta: i64,
+) -> Result<(), StoreError> {
+    let key = user_shard_key(user_shard(user));
+    let mut last = StoreError::CasMismatch;
+    for _ in 0..RELEASE_ATTEMPTS {
+        let (value, cas) = store.get(&key)?.ok_or(StoreError::MissingKey)?;
+        let mut out = Vec::with_capacity(value.len().saturating_add(user.len()).saturating_add(7));
+        out.push(SHARD_FORMAT_VERSION);
+        let mut seen = false;
+        for entry in shard_entries(&value)? {
+            let (id, count) = entry?;
+            let count = if id == user.as_bytes() {
+                if seen {
+                    return Err(StoreError::Corrupt);
+                }
+                seen = true;
+                u32::try_from(i64::from(count).saturating_add(delta).max(0)).unwrap_or(u32::MAX)
+            } else {
+                count
+            };
+            if count > 0 {
+                push_entry(&mut out, id, count)?;
+            }
+        }
+        if !seen {
+            if delta <= 0 {
+                return Ok(());
+            }
+            push_entry(
+                &mut out,
+                user.as_bytes(),
+                u32::try_from(delta).unwrap_or(u32::MAX),
+            )?;
+        }
+        match store.set(&key, &out, cas) {
+            Ok(()) => return Ok(()),
+            Err(StoreError::CasMismatch) => last = StoreError::CasMismatch,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,9 @@
 //! stopped by PID on drop; if the test is panicking its log tail is printed.
 
 use crate::http::{self, Request, Response, SlowUpload};
+use crate::net::ClosedPort;
 use crate::paths::{self, TestDir};
+use crate::process;
 use crate::upstream::Upstream;
 use crate::ws::{self, UpgradeRejected, WsClient};
 use serde_json::Value;
@@ -64,9 +66,44 @@ pub struct EnvoyBuilder {
     use_remote_address: bool,
     edge_settings: bool,
     request_headers_timeout: Duration,
+    closed_ports: Vec<ClosedPort>,
+    failure_policy: String,
+    wasm_path: Option<PathBuf>,
+    hot_restart: Option<(Option<u32>, u32)>,
+    listener_port: u16,
 }
 
 impl EnvoyBuilder {
+    /// The plugin's `failure_policy` (default `FAIL_CLOSED`), e.g. `FAIL_RELOAD`.
+    pub fn failure_policy(mut self, policy: &str) -> Self {
+        self.failure_policy = policy.to_string();
+        self
+    }
+    /// Runs with hot restart enabled as epoch 0, on a base id Envoy picks
+    /// (`--use-dynamic-base-id`), so concurrent Envoys never share one;
+    /// `Envoy::base_id` reads it back for the next epoch.
+    pub fn hot_restart_parent(mut self) -> Self {
+        self.hot_restart = Some((None, 0));
+        self
+    }
+    /// Runs as epoch `epoch` of the running Envoy whose base id is `base_id`:
+    /// it takes over its listeners (give it their port with `listener_port`)
+    /// and drains it.
+    pub fn hot_restart_child(mut self, base_id: u32, epoch: u32) -> Self {
+        self.hot_restart = Some((Some(base_id), epoch));
+        self
+    }
+    /// The ingress listener's port (default 0: the OS picks).
+    pub fn listener_port(mut self, port: u16) -> Self {
+        self.listener_port = port;
+        self
+    }
+    /// Loads this wasm instead of the release build (e.g. the fault-injection
+    /// build, `paths::fault_wasm()`).
+    pub fn wasm(mut self, path: PathBuf) -> Self {
+        self.wasm_path = Some(path);
+        self
+    }
     /// Adds a STATIC cluster named after the upstream, pointing at its port.
     pub fn upstream(self, up: &Upstream) -> Self {
         self.upstream_as(up, up.name())
@@ -79,6 +116,15 @@ impl EnvoyBuilder {
     /// Adds a STATIC loopback cluster at any port (e.g. one nobody listens on).
     pub fn cluster_at_port(mut self, cluster: &str, port: u16) -> Self {
         self.clusters.push((cluster.to_string(), port));
+        self
+    }
+    /// Adds a STATIC loopback cluster whose endpoint refuses connections: a
+    /// port kept bound (never listening) for as long as the `Envoy` lives,
+    /// so no parallel test can take it and make the dead upstream answer.
+    pub fn dead_cluster(mut self, cluster: &str) -> Self {
+        let port = ClosedPort::reserve();
+        self.clusters.push((cluster.to_string(), port.port()));
+        self.closed_ports.push(port);
         self
     }
     /// Adds one raw cluster (YAML mapping, written as if at column 0).
@@ -160,7 +206,7 @@ impl EnvoyBuilder {
     /// The bootstrap YAML this builder would write.
     pub fn config_yaml(&self) -> String {
         let wasm = if self.with_filter {
-            Some(paths::wasm())
+            Some(self.wasm_path.clone().unwrap_or_else(paths::wasm))
         } else {
             None
         };
@@ -234,9 +280,18 @@ impl EnvoyBuilder {
         let mut cmd = Command::new(&envoy_bin);
         cmd.arg("-c")
             .arg(&config_path)
-            .args(["--concurrency", &self.concurrency.to_string()])
-            .arg("--disable-hot-restart")
-            .arg("--admin-address-path")
+            .args(["--concurrency", &self.concurrency.to_string()]);
+        match self.hot_restart {
+            Some((Some(base_id), epoch)) => cmd
+                .args(["--base-id", &base_id.to_string()])
+                .args(["--restart-epoch", &epoch.to_string()]),
+            Some((None, _)) => cmd
+                .arg("--use-dynamic-base-id")
+                .arg("--base-id-path")
+                .arg(dir.join("base_id")),
+            None => cmd.arg("--disable-hot-restart"),
+        };
+        cmd.arg("--admin-address-path")
             .arg(&admin_path)
             .arg("--log-path")
             .arg(&log_path)
@@ -247,11 +302,10 @@ impl EnvoyBuilder {
             cmd.args(["--component-log-level", spec]);
         }
         cmd.args(&self.extra_args);
-        let child = cmd
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::null())
             .stdout(output.try_clone().expect("clone envoy.out"))
-            .stderr(output)
-            .spawn()
+            .stderr(output);
+        let child = process::spawn(cmd)
             .unwrap_or_else(|e| panic!("cannot start Envoy {}: {e}", envoy_bin.display()));
         Envoy {
             child,
@@ -263,6 +317,7 @@ impl EnvoyBuilder {
             output_path,
             admin: None,
             listener: None,
+            _closed_ports: self.closed_ports,
         }
     }
 }
@@ -325,6 +380,8 @@ pub struct Envoy {
     output_path: PathBuf,
     admin: Option<SocketAddr>,
     listener: Option<SocketAddr>,
+    /// Ports of `dead_cluster`s, kept bound while Envoy runs.
+    _closed_ports: Vec<ClosedPort>,
 }
 
 impl Envoy {
@@ -346,6 +403,11 @@ impl Envoy {
             use_remote_address: true,
             edge_settings: false,
             request_headers_timeout: Duration::from_secs(10),
+            closed_ports: Vec::new(),
+            failure_policy: "FAIL_CLOSED".into(),
+            wasm_path: None,
+            hot_restart: None,
+            listener_port: 0,
         }
     }
 
@@ -371,6 +433,13 @@ impl Envoy {
     }
     pub fn config_path(&self) -> &std::path::Path {
         &self.config_path
+    }
+    /// The hot-restart base id Envoy chose (`hot_restart_parent`).
+    pub fn base_id(&self) -> u32 {
+        let text = std::fs::read_to_string(self.dir.join("base_id")).unwrap_or_default();
+        text.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("no base id written by Envoy (got {text:?})"))
     }
 
     // ---- requests through the listener -------------------------------------
@@ -561,26 +630,13 @@ impl Envoy {
         found.unwrap_or_else(|| panic!("no ingress listener in admin /listeners: {json}"))
     }
 
-    /// SIGTERM (so the log is flushed), up to 3 s, then SIGKILL; always waited.
+    /// SIGTERM (so the log is flushed), up to 3 s, then SIGKILL, each to
+    /// Envoy's own process group; always waited.
     fn stop(&mut self) {
         if self.exited.is_some() {
             return;
         }
-        let pid = self.child.id() as libc::pid_t;
-        // SAFETY: signalling our own child by its PID; it has not been reaped yet.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                self.exited = Some(status);
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        self.exited = self.child.wait().ok();
+        self.exited = process::stop(&mut self.child, Duration::from_secs(3));
     }
 }
 
@@ -679,13 +735,13 @@ fn render_bootstrap(b: &EnvoyBuilder, wasm: Option<&PathBuf>) -> String {
     let routes = policy_routes(&b.policy);
     let mut y = String::new();
     y.push_str(
-        r#"# Generated by the edge-guard e2e harness.
+        &r#"# Generated by the edge-guard e2e harness.
 admin:
   address: {socket_address: {address: 127.0.0.1, port_value: 0}}
 static_resources:
   listeners:
   - name: ingress
-    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    address: {socket_address: {address: 127.0.0.1, port_value: LISTENER_PORT}}
     # Envoy's default backlog (128) drops SYNs under connection bursts.
     tcp_backlog_size: 4096
     filter_chains:
@@ -699,7 +755,8 @@ static_resources:
           preserve_external_request_id: true
           stream_idle_timeout: 3600s
           upgrade_configs: [{upgrade_type: websocket}]
-"#,
+"#
+        .replace("LISTENER_PORT", &b.listener_port.to_string()),
     );
     let _ = writeln!(
         y,
@@ -776,10 +833,11 @@ static_resources:
                 configuration:
                   "@type": type.googleapis.com/google.protobuf.StringValue
                   value: {}
-                failure_policy: FAIL_CLOSED
+                failure_policy: {}
 "#,
             q(&wasm.to_string_lossy()),
-            q(&b.policy.0)
+            q(&b.policy.0),
+            b.failure_policy
         );
     }
     y.push_str(
