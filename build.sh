@@ -112,6 +112,9 @@ build_demo() {
 
 # The demo platform: one demo-upstream process per service (see envoy/envoy.yaml).
 DEMO_SERVICES="course_service:18081 booking_service:18082 payment_service:18083 notification_service:18084 upload_service:18085 event_service:18086"
+# The stand-in external SMS API, reached through the egress listener (:10001).
+DEMO_SERVICES="$DEMO_SERVICES sms_api:18087"
+EGRESS_ADDR="127.0.0.1:10001"
 
 cmd_run() {
   ensure_envoy
@@ -139,6 +142,11 @@ cmd_run() {
     kill -0 "${pids[-1]}" 2>/dev/null || { tail -n 20 "$dir/envoy.log" >&2; exit 1; }
     sleep 0.1
   done
+  # The services' own outbound calls (<path>/__call/<host>/<rest>) go through
+  # the egress listener, where edge-guard runs in egress mode.
+  for svc in $DEMO_SERVICES; do
+    curl -fsS -X POST "http://127.0.0.1:${svc##*:}/__control/egress?addr=$EGRESS_ADDR" >/dev/null
+  done
   cat <<EOF2
 
 edge-guard demo stack is up (logs in .run/):
@@ -146,6 +154,8 @@ edge-guard demo stack is up (logs in .run/):
   status     http://127.0.0.1:10000/.edge-guard/status
   admin      http://127.0.0.1:9901       e.g. curl -s http://127.0.0.1:9901/stats/prometheus | grep edge_guard
   websocket  ws://127.0.0.1:10000/ws/events  (send header x-user-id)
+  egress     http://$EGRESS_ADDR  the services' outbound calls, e.g.
+             curl -s http://127.0.0.1:10000/api/bookings/1/__call/sms.example.com/v1/send?delay_ms=20000
 Ctrl-C stops everything.
 EOF2
   wait -n "${pids[@]}"

@@ -20,6 +20,7 @@ pub enum ErrorCode {
     UpstreamUnhealthy,
     InvalidPath,
     InvalidUpgrade,
+    DestinationNotAllowed,
 }
 
 impl ErrorCode {
@@ -36,6 +37,7 @@ impl ErrorCode {
             ErrorCode::UpstreamUnhealthy => "upstream_unhealthy",
             ErrorCode::InvalidPath => "invalid_path",
             ErrorCode::InvalidUpgrade => "invalid_upgrade",
+            ErrorCode::DestinationNotAllowed => "destination_not_allowed",
         }
     }
 
@@ -52,6 +54,7 @@ impl ErrorCode {
             ErrorCode::UpstreamUnhealthy => 503,
             ErrorCode::InvalidPath => 400,
             ErrorCode::InvalidUpgrade => 400,
+            ErrorCode::DestinationNotAllowed => 403,
         }
     }
 }
@@ -143,6 +146,7 @@ mod tests {
             (ErrorCode::UpstreamUnhealthy, 503),
             (ErrorCode::InvalidPath, 400),
             (ErrorCode::InvalidUpgrade, 400),
+            (ErrorCode::DestinationNotAllowed, 403),
         ];
         for (code, status) in expected {
             assert_eq!(code.status(), status, "{}", code.as_str());

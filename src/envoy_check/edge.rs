@@ -13,7 +13,7 @@
 use serde_json::Value;
 
 use super::{Finding, Severity};
-use crate::policy::Policy;
+use crate::policy::{Direction, Policy};
 
 /// What an HCM says about the edge settings (Envoy's defaults when absent).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -200,9 +200,12 @@ fn finding(id: &'static str, severity: Severity, at: &str, message: String) -> F
     }
 }
 
-/// The findings for one HCM that runs edge-guard.
+/// The findings for one HCM that runs edge-guard with `policy`. An egress
+/// listener (our own services calling out) is checked for the JSON error
+/// shape only: the other settings guard the internet-facing edge.
 pub fn check_hcm(at: &str, s: &EdgeSettings, policy: Option<&Policy>) -> Vec<Finding> {
     let mut out = Vec::new();
+    let egress = policy.is_some_and(|p| p.direction == Direction::Egress);
     if !s.local_reply_config || !s.local_reply_json {
         out.push(finding(
             "local_reply_config_missing",
@@ -210,6 +213,9 @@ pub fn check_hcm(at: &str, s: &EdgeSettings, policy: Option<&Policy>) -> Vec<Fin
             at,
             format!("{at} has no local_reply_config giving Envoy's own replies the JSON shape: the router's 504 at edge-guard's deadline, 503 no healthy upstream, 408, 413, 431 and 400 reach clients as plain text, outside the {{\"error\": {{code, message, request_id}}}} contract; copy the local_reply_config block of envoy/envoy.yaml (between \"# local-reply:begin\" and \"# local-reply:end\")"),
         ));
+    }
+    if egress {
+        return out;
     }
     if !s.normalize_path || !s.merge_slashes {
         let missing: Vec<&str> = [

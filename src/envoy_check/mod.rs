@@ -31,6 +31,8 @@
 //!   `remote_address_untrusted`, `http2_limits_missing`,
 //!   `upgrade_type_refused`, `connection_limit_missing`,
 //!   `overload_manager_missing` (warnings).
+//! - `egress_budget_header_stripped` (warning): an egress-mode listener
+//!   without `internal_address_config`, so Envoy drops the forwarded budget.
 //! - `route_config_missing` (error for a config_dump, warning for a
 //!   bootstrap), `route_config_not_simulated`, `envoy_dynamic`,
 //!   `envoy_unreadable` (warnings).
@@ -42,6 +44,8 @@ mod matching;
 pub mod model;
 mod regex;
 
+#[cfg(test)]
+mod egress_tests;
 #[cfg(test)]
 mod tests;
 

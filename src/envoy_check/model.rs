@@ -55,6 +55,10 @@ pub struct Hcm {
     pub websocket: Option<Upgrade>,
     /// Path, address, header and HTTP/2 settings and local_reply_config.
     pub edge: super::edge::EdgeSettings,
+    /// `internal_address_config.cidr_ranges` is set: Envoy keeps the
+    /// `x-envoy-*` headers of callers in those ranges (egress mode needs the
+    /// forwarded `x-envoy-expected-rq-timeout-ms`).
+    pub internal_callers: bool,
 }
 
 impl Hcm {
@@ -563,6 +567,8 @@ fn read_hcm(config: &Value, label: String, reader: &mut Reader) -> Hcm {
         request_timeout: reader.duration(config, "request_timeout", &label),
         request_headers_timeout: reader.duration(config, "request_headers_timeout", &label),
         max_stream_duration: reader.duration(&protocol, "max_stream_duration", &label),
+        internal_callers: field(config, "internal_address_config")
+            .is_some_and(|c| array(c, "cidr_ranges").next().is_some()),
         label,
         http_filters,
         routes,

@@ -721,6 +721,13 @@ mod yaml_fixtures {
         assert_validates_clean("envoy/envoy.yaml", "envoy/policy.json");
     }
 
+    /// The egress listener's policy (envoy/egress-policy.json, embedded in
+    /// its filter: a different one would be a policy_differs warning).
+    #[test]
+    fn shipped_egress_policy_validates_clean() {
+        assert_validates_clean("envoy/envoy.yaml", "envoy/egress-policy.json");
+    }
+
     /// envoy/envoy.yaml embeds the policy; envoy/policy.json is the same
     /// document for people to read and tools to take.
     #[test]
