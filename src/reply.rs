@@ -20,6 +20,8 @@ pub enum ErrorCode {
     UpstreamUnhealthy,
     InvalidPath,
     InvalidUpgrade,
+    TransportNotAllowed,
+    EngineIoBadRequest,
     DestinationNotAllowed,
 }
 
@@ -37,6 +39,8 @@ impl ErrorCode {
             ErrorCode::UpstreamUnhealthy => "upstream_unhealthy",
             ErrorCode::InvalidPath => "invalid_path",
             ErrorCode::InvalidUpgrade => "invalid_upgrade",
+            ErrorCode::TransportNotAllowed => "transport_not_allowed",
+            ErrorCode::EngineIoBadRequest => "engine_io_bad_request",
             ErrorCode::DestinationNotAllowed => "destination_not_allowed",
         }
     }
@@ -54,6 +58,7 @@ impl ErrorCode {
             ErrorCode::UpstreamUnhealthy => 503,
             ErrorCode::InvalidPath => 400,
             ErrorCode::InvalidUpgrade => 400,
+            ErrorCode::TransportNotAllowed | ErrorCode::EngineIoBadRequest => 400,
             ErrorCode::DestinationNotAllowed => 403,
         }
     }
@@ -146,6 +151,8 @@ mod tests {
             (ErrorCode::UpstreamUnhealthy, 503),
             (ErrorCode::InvalidPath, 400),
             (ErrorCode::InvalidUpgrade, 400),
+            (ErrorCode::TransportNotAllowed, 400),
+            (ErrorCode::EngineIoBadRequest, 400),
             (ErrorCode::DestinationNotAllowed, 403),
         ];
         for (code, status) in expected {
