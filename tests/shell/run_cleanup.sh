@@ -9,7 +9,7 @@
 # and the case fails.
 #
 # As root (CI) each run also gets a network namespace of its own, so the
-# demo's fixed ports (9901, 10000, 10001, 18081-18087) never meet another
+# demo's fixed ports (9901, 10000, 10001, 18081-18088) never meet another
 # test's or a developer's stack. Not root (GitHub's runners, a dedicated
 # machine) it runs on the machine's loopback and first checks those ports are
 # free. Run by `./build.sh test`; alone: tests/shell/run_cleanup.sh [case...]
@@ -18,7 +18,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 
-PORTS="9901 10000 10001 18081 18082 18083 18084 18085 18086 18087"
+PORTS="9901 10000 10001 18081 18082 18083 18084 18085 18086 18087 18088"
 if [ "$(id -u)" = 0 ] && [ "${RUN_CLEANUP_NETNS:-1}" = 1 ]; then
   NETNS=1
 else
