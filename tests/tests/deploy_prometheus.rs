@@ -41,18 +41,22 @@ fn rules_pass_promtool_check_and_their_unit_tests() {
 
 // ---- PromQL: which metrics and labels an expression names -------------------------------
 
-const KEYWORDS: &[&str] = &[
-    "and",
-    "or",
-    "unless",
-    "bool",
-    "offset",
+/// Clauses whose parenthesised list names labels.
+const GROUPING: &[&str] = &[
     "by",
     "without",
     "on",
     "ignoring",
     "group_left",
     "group_right",
+];
+
+const KEYWORDS: &[&str] = &[
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
     "Inf",
     "NaN",
     "inf",
@@ -142,15 +146,7 @@ fn names_in(expr: &str) -> (BTreeSet<String>, BTreeSet<String>) {
                 j += 1;
             }
             let followed_by_paren = j < chars.len() && chars[j] == '(';
-            let grouping = [
-                "by",
-                "without",
-                "on",
-                "ignoring",
-                "group_left",
-                "group_right",
-            ]
-            .contains(&word.as_str());
+            let grouping = GROUPING.contains(&word.as_str());
             if grouping && followed_by_paren {
                 let close = chars[j..]
                     .iter()
@@ -166,6 +162,7 @@ fn names_in(expr: &str) -> (BTreeSet<String>, BTreeSet<String>) {
                 i = close + 1;
             } else if !followed_by_paren
                 && !KEYWORDS.contains(&word.as_str())
+                && !GROUPING.contains(&word.as_str())
                 && !last_word.ends_with('$')
             {
                 metrics.insert(word.clone());
