@@ -792,14 +792,18 @@ impl HttpContext for EdgeGuardHttp {
                 self.finish();
             }
         }
-        // Only exchanges whose deadline edge-guard started are timed.
+        // Only exchanges whose deadline edge-guard started on a declared
+        // route are counted and timed.
+        let worker = Rc::clone(&self.worker);
+        let Some(m) = self.route.and_then(|r| worker.metrics.route(r)) else {
+            return Action::Continue;
+        };
         if self.started_ms == 0 {
             return Action::Continue;
         }
         let now = host::now_ms();
-        self.worker.now_ms.set(now);
+        worker.now_ms.set(now);
         let elapsed = now.saturating_sub(self.started_ms);
-        let route_metrics = self.route.and_then(|r| self.worker.metrics.route(r));
         // The router's timeout fires no earlier than its budget after the
         // headers; `started_ms` is never later than their arrival, so a
         // response sooner than that cannot be one and costs no header read.
@@ -811,14 +815,10 @@ impl HttpContext for EdgeGuardHttp {
             // Envoy's router gave up at the budget edge-guard set. Its body
             // is the JSON error already: the connection manager's
             // local_reply_config writes it (envoy/envoy.yaml).
-            if let Some(m) = route_metrics {
-                metrics::increment(m.deadline_hit(DeadlineHit::UpstreamTimeout), 1);
-            }
+            metrics::increment(m.deadline_hit(DeadlineHit::UpstreamTimeout), 1);
         }
-        if let Some(m) = route_metrics {
-            // A no-op unless `metrics.request_duration` defined it.
-            metrics::record(m.duration_ms, elapsed);
-        }
+        // A no-op unless `metrics.request_duration` defined it.
+        metrics::record(m.duration_ms, elapsed);
         Action::Continue
     }
 
