@@ -12,6 +12,7 @@ pub mod envoy_check;
 pub mod headers;
 pub mod health;
 pub mod json;
+pub mod mismatch;
 pub mod policy;
 pub mod reply;
 pub mod routing;
