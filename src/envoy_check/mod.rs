@@ -6,7 +6,7 @@
 //! (`model`), the simulation of Envoy's routing (`matching`, `regex`) and the
 //! command line of `edge-guard-validate` (`cli::run`).
 //!
-//! Must never: import `proxy_wasm` or `serde_yaml` (the binary turns YAML into
+//! Must never: import `proxy_wasm` or `serde_norway` (the binary turns YAML into
 //! a `serde_json::Value` before calling in), or run inside Envoy. It works on
 //! values only, so every check is a native unit test.
 //!

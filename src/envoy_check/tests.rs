@@ -613,7 +613,7 @@ fn fixture(name: &str) -> String {
 fn parse_envoy(text: &str) -> Result<Value, String> {
     #[cfg(feature = "cli")]
     {
-        let yaml: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        let yaml: serde_norway::Value = serde_norway::from_str(text).map_err(|e| e.to_string())?;
         serde_json::to_value(yaml).map_err(|e| e.to_string())
     }
     #[cfg(not(feature = "cli"))]
