@@ -3,7 +3,7 @@
 #
 # Each case runs the real `./build.sh run` (after `./build.sh test` has built
 # everything, so its builds are no-ops) in a network namespace of its own:
-# the demo's fixed ports (10000, 9901, 18081-18086) never meet another
+# the demo's fixed ports (10000, 10001, 9901, 18081-18087) never meet another
 # test's or a developer's stack, and "everything it started" is exactly the
 # set of processes in that namespace. A case waits until Envoy is ready, ends
 # the run one way, and passes when the namespace is empty within 10 s.
