@@ -551,7 +551,7 @@ fn the_shipped_stack_sends_the_booking_services_calls_through_its_egress_listene
     // Edge and egress metrics live side by side in one Envoy, labelled.
     let prom = envoy.prometheus();
     for line in [
-        "edge_guard_egress_rejected_destination_not_allowed{} 1",
+        "edge_guard_egress_rejected{edge_guard_reason=\"destination_not_allowed\"} 1",
         "edge_guard_egress_route_deadline_upstream_timeout{edge_guard_route=\"sms\",edge_guard_class=\"external\"} 1",
         "edge_guard_route_deadline_upstream_timeout{edge_guard_route=\"bookings_read\",edge_guard_class=\"standard\"} 0",
     ] {
