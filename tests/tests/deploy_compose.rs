@@ -656,6 +656,8 @@ fn compose_envoy_config_routes_by_service_name_in_real_envoy() {
     // environment (its host address in place of 0.0.0.0); the others
     // (Prometheus, Grafana) resolve too, with nothing listening.
     let node_dir = repo_file("demo/socketio");
+    // By its path: under sudo (a runner that is not root) PATH is sudo's.
+    let node = on_path("node");
     for (i, (name, svc)) in services()
         .iter()
         .filter(|(n, _)| *n != "envoy" && !demos.iter().any(|(d, _)| d == *n))
@@ -675,8 +677,9 @@ fn compose_envoy_config_routes_by_service_name_in_real_envoy() {
                 })
                 .collect();
             starts.push_str(&format!(
-                "ip addr add {ip}/32 dev lo\nenv {} node '{}/server.js' >>'{d}/socketio.log' 2>&1 & pids=\"$pids $!\"\n",
+                "ip addr add {ip}/32 dev lo\nenv {} '{}' '{}/server.js' >>'{d}/socketio.log' 2>&1 & pids=\"$pids $!\"\n",
                 env.join(" "),
+                node.display(),
                 node_dir.display(),
                 d = dir.display()
             ));
