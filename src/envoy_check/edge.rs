@@ -12,6 +12,7 @@
 
 use serde_json::Value;
 
+use super::model::{bool_field, field};
 use super::{Finding, Severity};
 use crate::policy::{Direction, Policy};
 
@@ -56,30 +57,9 @@ pub struct ProcessLimits {
     pub listener_connection_limit: bool,
 }
 
-fn field<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
-    let obj = v.as_object()?;
-    obj.get(name).or_else(|| {
-        let mut camel = String::with_capacity(name.len());
-        let mut upper = false;
-        for c in name.chars() {
-            if c == '_' {
-                upper = true;
-            } else if upper {
-                camel.extend(c.to_uppercase());
-                upper = false;
-            } else {
-                camel.push(c);
-            }
-        }
-        obj.get(&camel)
-    })
-}
-
-/// A bool or a `BoolValue` wrapper.
+/// A bool or a `BoolValue` wrapper; Envoy's default `false` when absent.
 fn flag(v: &Value, name: &str) -> bool {
-    field(v, name)
-        .and_then(|b| b.as_bool().or_else(|| field(b, "value")?.as_bool()))
-        .unwrap_or(false)
+    bool_field(v, name).unwrap_or(false)
 }
 
 /// A number, a numeric string (JSON mapping of 64-bit ints) or a wrapper.

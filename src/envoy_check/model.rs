@@ -251,7 +251,7 @@ pub fn quoted_list(items: &[String]) -> String {
 // Reading JSON
 
 /// A field by its proto name, or its lowerCamelCase JSON name.
-fn field<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
+pub(super) fn field<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
     let obj = v.as_object()?;
     obj.get(name).or_else(|| {
         if !name.contains('_') {
@@ -288,7 +288,7 @@ fn array<'a>(v: &'a Value, name: &str) -> impl Iterator<Item = &'a Value> {
         .flatten()
 }
 
-fn bool_field(v: &Value, name: &str) -> Option<bool> {
+pub(super) fn bool_field(v: &Value, name: &str) -> Option<bool> {
     field(v, name).and_then(|b| {
         b.as_bool()
             .or_else(|| field(b, "value").and_then(Value::as_bool))
