@@ -195,7 +195,9 @@ ensure_cargo_mutants() {
 
 cmd_mutants() {
   ensure_cargo_mutants
-  local tree="$MUTANTS_DIR/tree" run
+  # MUTANTS_SLOT=2 runs a second, independent copy (its own tree and target dir).
+  local slot="${MUTANTS_SLOT:-}"
+  local tree="$MUTANTS_DIR/tree$slot" run
   run="$MUTANTS_DIR/runs/$(date -u +%Y%m%dT%H%M%S)-$$"
   mkdir -p "$MUTANTS_DIR/runs"
   # Fresh sources, warm target dir (kept outside the copied tree).
@@ -210,7 +212,7 @@ cmd_mutants() {
     --exclude 'src/filter/**' --exclude 'src/bin/**' --exclude '**/tests.rs')
   local status=0
   # No debug info: builds and links faster, and cargo-mutants only needs pass/fail.
-  (cd "$tree" && CARGO_TARGET_DIR="$MUTANTS_DIR/target" CARGO_PROFILE_DEV_DEBUG=0 \
+  (cd "$tree" && CARGO_TARGET_DIR="$MUTANTS_DIR/target$slot" CARGO_PROFILE_DEV_DEBUG=0 \
       CARGO_PROFILE_TEST_DEBUG=0 nice -n 10 cargo mutants \
       --in-place --no-shuffle "${filters[@]}" --cargo-arg=--lib --timeout 60 \
       "${files[@]}" --output "$run") || status=$?

@@ -84,8 +84,8 @@ done
   echo
   echo "Each row was applied alone to a scratch copy of \`src/\` by \`tests/mutants/host-layer.sh\`"
   echo "(\`./build.sh mutants-host\`), built into a wasm, and the named end-to-end test was run"
-  echo "against it through a real Envoy: it must fail. H2–H4 are the three first-round survivors"
-  echo "that live in code (the fourth, H1, is the close grace); the rest guard host-layer promises."
+  echo "against it through a real Envoy: it must fail. H1–H4 are the four first-round survivors (close grace,"
+  echo "retry-after, alt-response header, configured margin); the rest guard host-layer promises."
   echo "Generated $(date -u +%Y-%m-%d); the failure message is the test's first panic line."
   echo
   echo "A refused probe connection reaches the filter as Envoy's own 503 (the async HTTP"
