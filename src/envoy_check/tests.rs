@@ -670,6 +670,31 @@ fn cli_usage_problems_exit_2() {
 }
 
 #[test]
+fn cli_flags_take_their_value_inline_only_in_long_form() {
+    let envoy = format!("--envoy={}", fixture("config_dump.json"));
+    let policy = format!("--policy={}", fixture("policy.json"));
+    let out = run_with(&[&envoy, &policy]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    // A short flag is never split at '=': "-h=x" is no "-h".
+    let out = run_with(&["-h=x"]);
+    assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("unknown argument \"-h=x\""),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn the_json_only_parser_reads_json_and_refuses_yaml() {
+    assert_eq!(
+        crate::envoy_check::cli::parse_json_document(r#"{"a": [1]}"#),
+        Ok(json!({"a": [1]}))
+    );
+    assert!(crate::envoy_check::cli::parse_json_document("a: 1").is_err());
+}
+
+#[test]
 fn cli_config_dump_sample_validates_clean() {
     let out = run_with(&[
         "--envoy",
