@@ -4,6 +4,9 @@
 //! only, 1 errors, 2 unreadable input). A test target of the `edge-guard`
 //! package (`cli` feature), so cargo builds the binary for it.
 
+// A test target: the package's no-unwrap lints are for the filter.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
