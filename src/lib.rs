@@ -8,6 +8,7 @@
 pub mod budget;
 pub mod deadline;
 pub mod egress;
+pub mod engine_io;
 pub mod envoy_check;
 pub mod headers;
 pub mod health;
