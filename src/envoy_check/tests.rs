@@ -416,6 +416,17 @@ fn stream_idle_timeout_overridden_by_the_route() {
 }
 
 #[test]
+fn report_ids_list_every_finding() {
+    let mut envoy = good();
+    hcm_of(&mut envoy)["request_timeout"] = json!("12.5s");
+    assert_eq!(
+        check(&envoy, &policy()).ids(),
+        vec!["hcm_request_timeout_short"]
+    );
+    assert!(check(&good(), &policy()).ids().is_empty());
+}
+
+#[test]
 fn request_timeout_shorter_than_total() {
     let mut envoy = good();
     hcm_of(&mut envoy)["request_timeout"] = json!("12.5s");
