@@ -314,7 +314,8 @@ cmd_test() {
 # ---- mutation testing ------------------------------------------------------------
 # cargo-mutants over the pure modules (src/ outside src/filter/) with the
 # native tests. Slow on two cores, so never part of `test`: run it on demand,
-# a few files at a time if you like (`./build.sh mutants src/routing.rs`);
+# a few files at a time if you like (`./build.sh mutants src/routing.rs`, and
+# cargo-mutants options after them, e.g. `--re=REGEX`);
 # results accumulate in target/mutants/runs and the report
 # (tests/mutants-report.md) is rebuilt from the newest outcome of every mutant.
 # The mutants run niced, in a scratch copy of the tree with its own warm
@@ -343,8 +344,12 @@ cmd_mutants() {
   mkdir -p "$tree"
   tar -C "$ROOT" --exclude=./target --exclude=./.git --exclude=./.venv \
     --exclude=node_modules --exclude=./.run -cf - . | tar -C "$tree" -xmf -
-  local files=()
-  for f in "$@"; do files+=(--file "$f"); done
+  # Files to mutate; arguments starting with - go to cargo mutants as they are
+  # (e.g. `--re='in escape_into'` to re-test some mutants after a fix).
+  local files=() extra=()
+  for f in "$@"; do
+    case "$f" in -*) extra+=("$f") ;; *) files+=(--file "$f") ;; esac
+  done
   log "cargo mutants over ${*:-every pure module} (niced; outcomes in $run)"
   local filters=(--package edge-guard --features cli
     --exclude 'src/filter/**' --exclude 'src/bin/**' --exclude '**/tests.rs')
@@ -353,7 +358,7 @@ cmd_mutants() {
   (cd "$tree" && CARGO_TARGET_DIR="$MUTANTS_DIR/target$slot" CARGO_PROFILE_DEV_DEBUG=0 \
       CARGO_PROFILE_TEST_DEBUG=0 nice -n 10 cargo mutants \
       --in-place --no-shuffle "${filters[@]}" --cargo-arg=--lib --timeout 60 \
-      "${files[@]}" --output "$run") || status=$?
+      "${files[@]}" "${extra[@]}" --output "$run") || status=$?
   # cargo-mutants exits 2 when mutants were missed, 3 on timeouts: the report says which.
   case $status in 0|2|3) ;; *) log "cargo mutants failed ($status)"; exit "$status" ;; esac
   mutants_report
