@@ -530,10 +530,23 @@ fn a_refused_connection_is_a_failed_probe() {
         "probe_failures {failures} after {probes} probes"
     );
     assert_eq!(probes, failures, "every probe failed");
-    let status = envoy.get("/.edge-guard/status").json();
-    assert_eq!(status["clusters"][0]["healthy"], false, "{status}");
-    // Every worker sees the shared state within a tick.
-    thread::sleep(Duration::from_millis(100));
+    // Every worker picks up the shared state on its next tick: four status
+    // answers in a row (from either worker) say unhealthy.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut in_a_row = 0;
+    while in_a_row < 4 {
+        let status = envoy.get("/.edge-guard/status").json();
+        if status["clusters"][0]["healthy"] == false {
+            in_a_row += 1;
+        } else {
+            in_a_row = 0;
+            assert!(
+                Instant::now() < deadline,
+                "a worker still says healthy: {status}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
     let resp = envoy.request(Request::get("/api/quick/1").header("x-request-id", "hc-1"));
     let error = resp.assert_error(503, "upstream_unhealthy");
     assert_eq!(error["request_id"], "hc-1");
