@@ -17,14 +17,14 @@ MUTATIONS=(
 "H2~src/filter/http.rs~const CAPACITY_RETRY_AFTER: &str = \"5\";~const CAPACITY_RETRY_AFTER: &str = \"1\";~websocket~instance_limit_is_exact_under_a_burst_of_40_upgrades~retry-after on websocket_capacity 5 -> 1"
 "H3~src/headers.rs~    \"x-envoy-upstream-rq-timeout-alt-response\",~    \"x-envoy-upstream-rq-timeout-alt-responsX\",~claims~client_alt_response_header_cannot_change_the_504~the client's x-envoy-upstream-rq-timeout-alt-response is kept"
 "H4~src/policy/mod.rs~lb_idle.saturating_sub(t.load_balancer_margin)~lb_idle.saturating_sub(Millis(5000))~claims~configured_load_balancer_margin_is_the_one_applied~the configured load_balancer_margin ignored (default 5 s used)"
-"H5~src/filter/http.rs~            host::set_request_header(ROUTER_TIMEOUT_HEADER, None);\n~\n~claims~client_router_timeout_header_on_an_upgrade_changes_nothing~a client's router-timeout header kept on a WebSocket upgrade"
+"H5~src/filter/http.rs~        host::set_request_header(ROUTER_TIMEOUT_HEADER, None);\n~\n~claims~client_router_timeout_header_on_an_upgrade_changes_nothing~a client's router-timeout header kept on a WebSocket upgrade"
 "H6~src/filter/root.rs~                metrics::increment(m.probe_failures, 1);~                let _ = m;~claims~a_refused_connection_is_a_failed_probe~edge_guard.cluster.<cluster>.probe_failures never incremented"
 "H7~src/filter/http.rs~.filter(|h| h.fail_fast)~.filter(|_h| true)~claims~without_fail_fast_an_unhealthy_cluster_still_gets_traffic~fail_fast: false ignored (always fail fast)"
 "H8~src/filter/worker.rs~const TIMER_CLOSE_GRACE_MS: u64 = 250;~const TIMER_CLOSE_GRACE_MS: u64 = 0;~claims~idle_timeout_closes_with_1001_on_the_next_chunk~idle/lifetime close: reset at once instead of 250 ms for the 1001 to ride the next chunk"
 "H9~src/filter/http.rs~        metrics::increment(self.worker.metrics.rejected(code), 1);\n~\n~claims~rejections_are_counted_by_code~edge_guard.rejected.<code> never incremented"
 "H10~src/filter/http.rs~LocalReply::error(code, message, self.request_id.as_deref())~LocalReply::error(code, message, None)~claims~websocket_rejections_carry_the_request_id~error replies lose the client's x-request-id"
-"H11~src/filter/http.rs~Some(&header_value(deadline.upstream_budget(now))),~Some(&header_value(class.total)),~deadlines~upstream_sees_expected_timeout_of_exactly_min_response_total~router timeout header set to total instead of min(response, total)"
-"H12~src/filter/http.rs~let upgrade = method == Method::Get && head.websocket_upgrade;~let upgrade = method == Method::Get && head.websocket_upgrade && route.websocket;~websocket~missing_identity_is_401_and_an_upgrade_to_a_plain_route_is_404~an upgrade to a non-websocket route passes instead of 404"
+"H11~src/filter/http.rs~host::set_request_header(ROUTER_TIMEOUT_HEADER, Some(&header_value(upstream_budget)));~host::set_request_header(ROUTER_TIMEOUT_HEADER, Some(&header_value(class.total)));~deadlines~upstream_sees_expected_timeout_of_exactly_min_response_total~router timeout header set to total instead of min(response, total)"
+"H12~src/filter/http.rs~        if upgrade && !route.websocket {~        if false && upgrade && !route.websocket {~websocket~missing_identity_is_401_and_an_upgrade_to_a_plain_route_is_404~an upgrade to a non-websocket route passes instead of 404"
 )
 
 wanted=("$@")
