@@ -112,6 +112,7 @@ pub fn validate(envoy_doc: &Value, options: &Options) -> Result<Report, String> 
     for other in own.iter().flatten() {
         check_clusters(&envoy, other, &mut out);
     }
+    check_vm_ids_by_direction(&envoy, &policy, &own, &mut out);
     for ((hcm, is_guarded), own) in envoy.hcms.iter().zip(&guarded).zip(&own) {
         let policy = own.as_ref().unwrap_or(&policy);
         let rc = route_configuration(&envoy, hcm, &mut out);
@@ -131,6 +132,7 @@ pub fn validate(envoy_doc: &Value, options: &Options) -> Result<Report, String> 
         };
         check_websockets(hcm, policy, &landing, &mut out);
         check_timeouts(hcm, policy, &landing, &mut out);
+        check_route_stats(hcm, policy, &landing, &mut out);
         check_egress_callers(hcm, policy, &mut out);
     }
     if any_guarded {
@@ -299,6 +301,37 @@ fn other_direction_policies(
             }
         })
         .collect()
+}
+
+/// Shared data is one map per `vm_id`: an edge filter and an egress filter
+/// under the same one would mix their records (route mismatches keyed by
+/// route name, the logged routing table).
+fn check_vm_ids_by_direction(
+    envoy: &EnvoyConfig,
+    main: &Policy,
+    own: &[Option<Policy>],
+    out: &mut Out,
+) {
+    let mut seen: Vec<(&str, Direction, &str)> = Vec::new();
+    for (hcm, own) in envoy.hcms.iter().zip(own) {
+        let Some((_, _, wasm)) = edge_guard_filter(&hcm.http_filters) else {
+            continue;
+        };
+        let direction = own.as_ref().unwrap_or(main).direction;
+        let clash = seen
+            .iter()
+            .find(|(vm, d, _)| *vm == wasm.vm_id && *d != direction && !vm.is_empty());
+        if let Some((vm, other, label)) = clash {
+            out.push(
+                "vm_id_shared_across_directions",
+                Severity::Warning,
+                None,
+                Some(&hcm.label),
+                format!("the edge_guard filter of {} ({}) has vm_id \"{vm}\", like the {} filter of {label}: shared data is one map per vm_id, so their records (route mismatches, by route name) would mix; give the egress filter its own vm_id, e.g. \"edge_guard_egress\"", hcm.label, direction.as_str(), other.as_str()),
+            );
+        }
+        seen.push((wasm.vm_id.as_str(), direction, hcm.label.as_str()));
+    }
 }
 
 /// Egress mode reads the budget services forward in
@@ -1102,6 +1135,47 @@ fn check_websockets(hcm: &Hcm, policy: &Policy, landing: &[Vec<Landed>], out: &m
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Per-route durations: Envoy's route stats, or edge-guard's opt-in histogram
+
+/// Envoy keeps per-route stats on some routes (`stat_prefix`) but not on a
+/// route the policy's requests land on, and the policy's own duration
+/// histogram is off: that route's requests are timed nowhere, and a
+/// dashboard by Envoy route silently misses it.
+fn check_route_stats(hcm: &Hcm, policy: &Policy, landing: &[Vec<Landed>], out: &mut Out) {
+    if policy.request_duration_histogram {
+        return;
+    }
+    let landed: Vec<&Landed> = landing.iter().flatten().collect();
+    if !landed.iter().any(|l| l.route.stat_prefix.is_some()) {
+        // No per-route stats anywhere: a choice, not an oversight.
+        return;
+    }
+    let mut missing: Vec<&str> = Vec::new();
+    for l in &landed {
+        if l.route.stat_prefix.is_none()
+            && l.route.clusters().is_some()
+            && !missing.contains(&l.label.as_str())
+        {
+            missing.push(&l.label);
+        }
+    }
+    if missing.is_empty() {
+        return;
+    }
+    out.push(
+        "route_stats_missing",
+        Severity::Warning,
+        None,
+        Some(&hcm.label),
+        format!(
+            "{} keeps per-route stats (stat_prefix) on some routes but not on {}, and the policy's metrics.request_duration is off: requests there are timed nowhere; add a stat_prefix to each (Envoy then records vhost.<virtual host>.route.<stat_prefix>.upstream_rq_time), or set \"metrics\": {{\"request_duration\": true}} in the policy",
+            hcm.label,
+            missing.join(", ")
+        ),
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -25,6 +25,16 @@ pub struct PolicyConfig {
     pub websocket: Option<WebSocketConfig>,
     pub routing: RoutingConfig,
     pub health_checks: Option<HealthChecksConfig>,
+    pub metrics: MetricsConfig,
+}
+
+/// `metrics`: what edge-guard records beyond its counters and gauges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// The per-route `request_duration_ms` histogram. Off by default: Envoy's
+    /// own per-route stats (`stat_prefix` on the route) give the same
+    /// durations without a clock read and a histogram record per request.
+    pub request_duration: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -420,6 +430,7 @@ impl PolicyConfig {
                 "websocket",
                 "routing",
                 "health_checks",
+                "metrics",
             ],
         )?;
         let routes_value = f
@@ -484,6 +495,15 @@ impl PolicyConfig {
                 .get("health_checks")
                 .map(|v| HealthChecksConfig::from_value(v, "health_checks"))
                 .transpose()?,
+            metrics: match f.get("metrics") {
+                Some(v) => {
+                    let m = Fields::new(v, "metrics", &["request_duration"])?;
+                    MetricsConfig {
+                        request_duration: m.bool("request_duration")?.unwrap_or(false),
+                    }
+                }
+                None => MetricsConfig::default(),
+            },
         })
     }
 }

@@ -149,6 +149,8 @@ pub struct Policy {
     pub on_mismatch: OnMismatch,
     pub health: Option<HealthPolicy>,
     pub clusters: Vec<Cluster>,
+    /// `metrics.request_duration`: record the per-route duration histogram.
+    pub request_duration_histogram: bool,
     /// Valid but probably not what was meant: logged at startup, reported by the
     /// offline validator.
     pub warnings: Vec<PolicyWarning>,
@@ -480,6 +482,7 @@ pub fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
         on_mismatch: config.routing.on_mismatch,
         health,
         clusters,
+        request_duration_histogram: config.metrics.request_duration,
         warnings,
     })
 }

@@ -366,6 +366,26 @@ fn parse_config_trailing_garbage_is_not_json() {
 }
 
 #[test]
+fn request_duration_histogram_is_off_unless_asked_for() {
+    assert!(!compile_value(&base()).unwrap().request_duration_histogram);
+    let mut v = base();
+    v["metrics"] = json!({"request_duration": true});
+    assert!(compile_value(&v).unwrap().request_duration_histogram);
+}
+
+#[test]
+fn metrics_section_refuses_unknown_fields_and_wrong_types() {
+    let mut v = base();
+    v["metrics"] = json!({"histograms": true});
+    let e = error_of(v);
+    assert_eq!(e.path, "metrics.histograms", "{e}");
+    let mut v = base();
+    v["metrics"] = json!({"request_duration": "yes"});
+    let e = error_of(v);
+    assert_eq!(e.path, "metrics.request_duration", "{e}");
+}
+
+#[test]
 fn engine_io_defaults_are_socket_io_defaults() {
     let mut v = base();
     v["routes"][1]["engine_io"] = json!({});
