@@ -4,6 +4,7 @@
 #   ./build.sh run        build, start the demo services and Envoy, run until Ctrl-C
 #   ./build.sh test       native unit tests, wasm build, lints, integration tests against real Envoy
 #   ./build.sh validate   check a policy against an Envoy config offline (see --help)
+#   ./build.sh reload     validate envoy/policy.json, then hand it to the running demo Envoy (ECDS)
 #   ./build.sh bench      the benchmark (BENCHMARKS.md)
 set -euo pipefail
 
@@ -162,6 +163,7 @@ cmd_test() {
   cargo clippy --quiet --workspace --all-targets --features edge-guard/cli -- -D warnings
   log "clippy (wasm32-wasip1)"
   cargo clippy --quiet -p edge-guard --target wasm32-wasip1 -- -D warnings
+  cargo clippy --quiet -p edge-guard --target wasm32-wasip1 --features fault-injection -- -D warnings
   build_wasm
   log "envoy --mode validate on the shipped config"
   "$VENV/bin/envoy" --mode validate -c envoy/envoy.yaml -l error
@@ -169,6 +171,28 @@ cmd_test() {
   log "unit and integration tests (integration tests run real Envoy)"
   EDGE_GUARD_ENVOY="$VENV/bin/envoy" EDGE_GUARD_WASM="$WASM" EDGE_GUARD_FAULT_WASM="$FAULT_WASM" \
     cargo test --workspace --features edge-guard/cli
+}
+
+# The demo filter's configuration reaches Envoy through ECDS from this file
+# (envoy/envoy.yaml watches it): written only after the policy validates
+# offline, atomically, so Envoy never reads a half-written file. With the demo
+# Envoy running, its config_dump is checked too (a vm_id change would reset
+# the counters).
+ECDS_FILE="envoy/ecds/edge_guard.json"
+cmd_reload() {
+  local args=(--envoy envoy/envoy.yaml --policy envoy/policy.json --write-ecds "$ECDS_FILE")
+  local dump
+  dump="$(mktemp)"
+  if curl -fsS http://127.0.0.1:9901/config_dump >"$dump" 2>/dev/null; then
+    args+=(--running "$dump")
+  fi
+  local rc=0
+  cargo run --quiet --release --features cli --bin edge-guard-validate -- "${args[@]}" "$@" || rc=$?
+  rm -f "$dump"
+  if [ "$rc" -eq 0 ]; then
+    log "policy handed to Envoy: see extension_config_discovery.*edge_guard.config_reload (config_fail if Envoy refused it; the last good policy keeps serving)"
+  fi
+  return "$rc"
 }
 
 cmd="${1:-}"
@@ -179,6 +203,7 @@ case "$cmd" in
   optimise-wasm) optimise_wasm "$1" "$2" ;;
   run) cmd_run ;;
   test) cmd_test ;;
+  reload) cmd_reload "$@" ;;
   validate)
     cargo run --quiet --release --features cli --bin edge-guard-validate -- "$@"
     ;;

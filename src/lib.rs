@@ -6,6 +6,7 @@
 //! wasm build.
 
 pub mod deadline;
+pub mod drain;
 pub mod envoy_check;
 pub mod headers;
 pub mod health;

@@ -34,6 +34,7 @@ mod cli;
 mod matching;
 pub mod model;
 mod regex;
+pub mod reload;
 
 #[cfg(test)]
 mod tests;

@@ -16,16 +16,15 @@ use proxy_wasm::types::{Action, BufferType};
 
 use crate::deadline::{header_value, Deadline, DeadlineHit, Phase};
 use crate::headers::RequestHead;
-use crate::policy::cidr::ip_of_socket_address;
 use crate::policy::{Identity, OnMismatch, Route, TimeoutClass, UnknownRoute};
 use crate::reply::{error_body, ErrorCode, LocalReply};
 use crate::routing::{Method, RouteMatch};
-use crate::status::{self, RouteMismatch, StatusSnapshot};
 use crate::websocket::compression;
 use crate::websocket::frame::ChunkSource;
 use crate::websocket::monitor::{close_frame, ConnectionMonitor, Direction, Verdict};
-use crate::websocket::slots::{self, AdmissionRequest, Rejection};
+use crate::websocket::slots::{AdmissionRequest, Rejection};
 
+use super::endpoints;
 use super::host::{self, HostStore};
 use super::metrics;
 use super::worker::{WatchKind, Watched, WatchedRef, WebSocketStream, Worker, WsPhase};
@@ -86,54 +85,6 @@ impl EdgeGuardHttp {
         }
         log::debug!("#{} {} ({})", self.id, code.as_str(), message);
         host::send_reply(&reply);
-        Action::Pause
-    }
-
-    fn source_may_see_status(&self) -> bool {
-        let policy = &self.worker.policy;
-        host::property_text(vec!["source", "address"])
-            .and_then(|addr| ip_of_socket_address(&addr))
-            .is_some_and(|ip| policy.status.allow.iter().any(|cidr| cidr.contains(ip)))
-    }
-
-    fn serve_status(&self) -> Action {
-        let policy = &self.worker.policy;
-        let ws_routes: Vec<&str> = policy
-            .routes
-            .iter()
-            .filter(|r| r.websocket)
-            .map(|r| r.name.as_str())
-            .collect();
-        let mut snapshot = StatusSnapshot {
-            cluster_health: self.worker.health.borrow().clone(),
-            ..StatusSnapshot::default()
-        };
-        match slots::read_counts(&HostStore, &ws_routes) {
-            Ok(counts) => {
-                snapshot.websocket_active = u64::from(counts.instance);
-                snapshot.websocket_active_by_route = policy
-                    .routes
-                    .iter()
-                    .map(|r| {
-                        counts
-                            .routes
-                            .iter()
-                            .find(|(name, _)| *name == r.name)
-                            .map_or(0, |(_, n)| u64::from(*n))
-                    })
-                    .collect();
-            }
-            Err(e) => log::warn!("edge-guard: reading websocket counts: {e}"),
-        }
-        for (i, route) in policy.routes.iter().enumerate() {
-            if let Some(cluster) = read_mismatch(route) {
-                snapshot.route_mismatches.push(RouteMismatch {
-                    route: i,
-                    envoy_cluster: cluster,
-                });
-            }
-        }
-        host::send_reply(&LocalReply::json(status::render(policy, &snapshot)));
         Action::Pause
     }
 
@@ -357,6 +308,7 @@ impl EdgeGuardHttp {
                 admission: Some(admission),
                 close_owed_to_client: None,
                 close_owed_to_upstream: None,
+                drain_at_ms: None,
             })),
         }));
         worker.watch(self.id, Rc::clone(&watched), deadline.upgrade_deadline_ms());
@@ -473,11 +425,11 @@ impl EdgeGuardHttp {
             ) {
                 ws.monitor.allow_compressed_messages();
             }
-            if let Some(due) = ws
-                .monitor
-                .next_timer_due(&self.worker.policy.websocket.connection)
-            {
-                self.worker.schedule(self.id, due);
+            let limits = &self.worker.policy.websocket.connection;
+            if let Some(due) = ws.monitor.next_timer_due(limits).or(ws.drain_at_ms) {
+                // The tick reschedules the later of the two.
+                self.worker
+                    .schedule(self.id, ws.drain_at_ms.map_or(due, |d| d.min(due)));
             }
             false
         } else {
@@ -513,7 +465,7 @@ fn mismatch_key(route: &Route) -> String {
     format!("eg.mismatch.{}", route.name)
 }
 
-fn read_mismatch(route: &Route) -> Option<String> {
+pub(super) fn read_mismatch(route: &Route) -> Option<String> {
     use crate::shared_store::SharedStore;
     HostStore
         .get(&mismatch_key(route))
@@ -601,9 +553,8 @@ impl HttpContext for EdgeGuardHttp {
         let worker = Rc::clone(&self.worker);
         let policy = &worker.policy;
         let path_only = path.split('?').next().unwrap_or_default();
-        if path_only == policy.status.path && method == Method::Get && self.source_may_see_status()
-        {
-            return self.serve_status();
+        if endpoints::answer(&worker, path_only, method) {
+            return Action::Pause;
         }
         match policy.route_table.resolve(path, method) {
             RouteMatch::Route(id) => self.on_route(id, &head, method, end_of_stream),

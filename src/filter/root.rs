@@ -30,6 +30,8 @@ use super::worker::{TimerAction, Worker};
 const TICK: Duration = Duration::from_millis(50);
 /// How often the reaper checks that every held slot's stream still exists.
 const REAP_EVERY_MS: u64 = 5_000;
+/// How soon every worker follows a drain started on another.
+const DRAIN_CHECK_EVERY_MS: u64 = 200;
 
 /// Why `on_configure` refused: Envoy then rejects the configuration.
 #[derive(Debug)]
@@ -57,6 +59,7 @@ pub struct EdgeGuardRoot {
     /// Health probes in flight: call token → cluster index.
     probes: HashMap<u32, usize>,
     next_reap_ms: u64,
+    next_drain_check_ms: u64,
     /// Whether this root context counts in the VM's ownership (configured).
     owns: bool,
 }
@@ -68,6 +71,7 @@ impl EdgeGuardRoot {
             worker: None,
             probes: HashMap::new(),
             next_reap_ms: 0,
+            next_drain_check_ms: 0,
             owns: false,
         }
     }
@@ -377,6 +381,12 @@ impl RootContext for EdgeGuardRoot {
         worker.now_ms.set(now);
         self.refresh_health(&worker, now);
         self.run_timers(&worker, now);
+        if worker.drain.get().is_none() && now >= self.next_drain_check_ms {
+            self.next_drain_check_ms = now.saturating_add(DRAIN_CHECK_EVERY_MS);
+            if let Ok(Some(state)) = crate::drain::read(&HostStore) {
+                worker.follow_drain(state, now);
+            }
+        }
         let reaped = ownership::tick(now);
         if !reaped.is_empty() {
             worker.reclaimed(&reaped);

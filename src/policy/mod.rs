@@ -80,6 +80,17 @@ pub struct StatusEndpoint {
     pub allow: Vec<Cidr>,
 }
 
+/// The instance's health endpoint (for load balancers): `GET`/`HEAD`.
+#[derive(Debug, Clone)]
+pub struct HealthEndpoint {
+    pub path: String,
+    pub allow: Vec<Cidr>,
+}
+
+/// How long a drain (`POST <status.path>/drain`) takes to close every open
+/// WebSocket, when `websocket.drain_period` is not set.
+pub const DEFAULT_DRAIN_PERIOD: Millis = Millis(30_000);
+
 /// Where the identity of a WebSocket user comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Identity {
@@ -139,6 +150,9 @@ pub struct Policy {
     pub on_mismatch: OnMismatch,
     pub health: Option<HealthPolicy>,
     pub clusters: Vec<Cluster>,
+    pub health_endpoint: HealthEndpoint,
+    /// Over how long a drain closes the open WebSockets.
+    pub drain_period: Millis,
 }
 
 impl Policy {
@@ -364,6 +378,8 @@ pub fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
     }
     let websocket = compile_websocket(config)?;
     let health = compile_health(config)?;
+    let health_endpoint = compile_health_endpoint(config, &status, &routes)?;
+    let drain_period = compile_drain_period(config)?;
     let route_table = RouteTable::build(routes.iter().map(|r| (r.prefix.as_str(), r.methods)));
 
     Ok(Policy {
@@ -379,7 +395,50 @@ pub fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
         on_mismatch: config.routing.on_mismatch,
         health,
         clusters,
+        health_endpoint,
+        drain_period,
     })
+}
+
+fn compile_health_endpoint(
+    config: &PolicyConfig,
+    status: &StatusEndpoint,
+    routes: &[Route],
+) -> Result<HealthEndpoint, ConfigError> {
+    let h = &config.health;
+    let path = normalise_prefix(&h.path)
+        .map_err(|why| ConfigError::new("health.path", format!("path \"{}\" {why}", h.path)))?;
+    if path == status.path || routes.iter().any(|r| r.prefix == path) {
+        return Err(ConfigError::new(
+            "health.path",
+            format!("\"{path}\" is also the status path or a route prefix; choose a path nothing else uses"),
+        ));
+    }
+    let allow = h
+        .allow_cidrs
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            Cidr::parse(text)
+                .map_err(|why| ConfigError::new(format!("health.allow_cidrs[{i}]"), why))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(HealthEndpoint { path, allow })
+}
+
+fn compile_drain_period(config: &PolicyConfig) -> Result<Millis, ConfigError> {
+    let period = config
+        .websocket
+        .as_ref()
+        .and_then(|ws| ws.drain_period)
+        .unwrap_or(DEFAULT_DRAIN_PERIOD);
+    if period.as_ms() == 0 || period.as_ms() > 3_600_000 {
+        return Err(ConfigError::new(
+            "websocket.drain_period",
+            "must be between 1ms and 1h (default 30s): it spreads the closes of a drain over that long",
+        ));
+    }
+    Ok(period)
 }
 
 fn class_names(classes: &[TimeoutClass]) -> String {
