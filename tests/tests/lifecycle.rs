@@ -458,7 +458,7 @@ fn route_limit_policy(route_limit: u32, standard: &str) -> Value {
             {"name": "events", "prefix": EVENTS, "cluster": "event_service", "websocket": true, "max_connections": route_limit},
         ],
         "timeouts": {"classes": {"standard": standard}},
-        "websocket": {"max_connections": 10},
+        "websocket": {"max_connections": 10, "drain_period": "2s"},
     })
 }
 
@@ -525,4 +525,24 @@ fn an_ecds_policy_change_keeps_open_websockets_and_a_bad_one_is_refused() {
         &failures[..failures.len().min(3)]
     );
     assert_eq!(stat(&envoy, "edge_guard.websocket.active"), 4);
+
+    // Connections opened under the first policy still follow the instance:
+    // a drain closes them too, and gives every slot back.
+    let clients: Vec<_> = held.into_iter().map(chatty).collect();
+    assert_eq!(envoy.request(Request::post(DRAIN)).status, 202);
+    for client in clients {
+        let (end, _) = client.join().expect("client thread");
+        assert_eq!(
+            end,
+            WsEvent::Closed {
+                code: 1001,
+                reason: "draining".into()
+            }
+        );
+    }
+    assert_eq!(
+        envoy.wait_for_stat("edge_guard.websocket.active", Duration::from_secs(2), |n| n
+            == 0),
+        Some(0)
+    );
 }
