@@ -406,23 +406,13 @@ fn compile_health_endpoint(
     routes: &[Route],
 ) -> Result<HealthEndpoint, ConfigError> {
     let h = &config.health;
-    let path = normalise_prefix(&h.path)
-        .map_err(|why| ConfigError::new("health.path", format!("path \"{}\" {why}", h.path)))?;
+    let (path, allow) = compile_endpoint("health", &h.path, &h.allow_cidrs)?;
     if path == status.path || routes.iter().any(|r| r.prefix == path) {
         return Err(ConfigError::new(
             "health.path",
             format!("\"{path}\" is also the status path or a route prefix; choose a path nothing else uses"),
         ));
     }
-    let allow = h
-        .allow_cidrs
-        .iter()
-        .enumerate()
-        .map(|(i, text)| {
-            Cidr::parse(text)
-                .map_err(|why| ConfigError::new(format!("health.allow_cidrs[{i}]"), why))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
     Ok(HealthEndpoint { path, allow })
 }
 
@@ -503,18 +493,28 @@ fn compile_timeouts(config: &PolicyConfig) -> Result<Vec<TimeoutClass>, ConfigEr
 
 fn compile_status(config: &PolicyConfig) -> Result<StatusEndpoint, ConfigError> {
     let s = &config.status;
-    let path = normalise_prefix(&s.path)
-        .map_err(|why| ConfigError::new("status.path", format!("path \"{}\" {why}", s.path)))?;
-    let allow = s
-        .allow_cidrs
+    let (path, allow) = compile_endpoint("status", &s.path, &s.allow_cidrs)?;
+    Ok(StatusEndpoint { path, allow })
+}
+
+/// An endpoint the filter answers itself (`<field>.path`, `<field>.allow_cidrs`).
+fn compile_endpoint(
+    field: &str,
+    path: &str,
+    cidrs: &[String],
+) -> Result<(String, Vec<Cidr>), ConfigError> {
+    let normalised = normalise_prefix(path).map_err(|why| {
+        ConfigError::new(format!("{field}.path"), format!("path \"{path}\" {why}"))
+    })?;
+    let allow = cidrs
         .iter()
         .enumerate()
         .map(|(i, text)| {
             Cidr::parse(text)
-                .map_err(|why| ConfigError::new(format!("status.allow_cidrs[{i}]"), why))
+                .map_err(|why| ConfigError::new(format!("{field}.allow_cidrs[{i}]"), why))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(StatusEndpoint { path, allow })
+    Ok((normalised, allow))
 }
 
 fn positive<T: PartialEq + Default>(
