@@ -206,6 +206,34 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_running_config_dump_is_read_with_its_ecds_filters() {
+        // As Envoy dumps a filter delivered by ECDS: the listener has the
+        // config_discovery reference, the EcdsConfigDump the config.
+        let running = json!({"configs": [
+            {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
+             "static_listeners": [{"listener": {"name": "l", "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "http_filters": [
+                        {"name": "edge_guard", "config_discovery": {"type_urls": []}},
+                        {"name": "envoy.filters.http.router"}]}}]}]}}]},
+            {"@type": "type.googleapis.com/envoy.admin.v3.EcdsConfigDump",
+             "ecds_filters": [{"ecds_filter": {
+                "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+                "name": "edge_guard",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                    "config": {"name": "edge_guard", "root_id": "edge_guard",
+                               "vm_config": {"vm_id": "edge_guard_live"}}}}}]}
+        ]});
+        let ids = edge_guard_vm_ids(&EnvoyConfig::from_value(&running).unwrap());
+        assert_eq!(ids, vec!["edge_guard_live".to_string()]);
+        let finding = vm_id_change(&bootstrap("edge_guard"), &running).unwrap();
+        assert!(finding.is_some_and(|f| f.message.contains("edge_guard_live")));
+    }
+
     /// envoy/ecds/edge_guard.json is what `./build.sh reload` writes from
     /// envoy/policy.json for envoy/envoy.yaml: the shipped one is current.
     #[test]

@@ -201,6 +201,12 @@ fn a_hot_restart_never_holds_more_than_the_instance_limit() {
         .start();
     // The child's gauge carries the parent's 3 as soon as it is ready.
     assert_eq!(stat(&child, "edge_guard.websocket.active"), 3);
+    // Envoy's own count of open upgrades, independent of the filter, merged
+    // over both processes the same way: sampled throughout.
+    let sampler = max_sampler(
+        child.admin_addr(),
+        "http.ingress.downstream_cx_upgrades_active",
+    );
     let on_child = admit_until_full(&child, 2);
     assert_eq!(on_child.len(), 2, "the child admits what the parent leaves");
     assert_eq!(
@@ -243,6 +249,46 @@ fn a_hot_restart_never_holds_more_than_the_instance_limit() {
         stat(&child, "edge_guard.websocket.active"),
         u64::from(limit)
     );
+    assert_eq!(
+        sampler.finish(),
+        u64::from(limit),
+        "Envoy's own count of open upgrades over both processes, at its highest"
+    );
+}
+
+/// Polls one stat on an admin endpoint every 50 ms and keeps its maximum.
+struct MaxSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<u64>,
+}
+
+impl MaxSampler {
+    fn finish(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.join().expect("sampler thread")
+    }
+}
+
+fn max_sampler(admin: std::net::SocketAddr, stat: &str) -> MaxSampler {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let path = format!("/stats?filter=^{stat}$");
+    let handle = std::thread::spawn(move || {
+        let mut max = 0;
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok(r) = http::send(admin, &Request::get(&path)) {
+                let value = r
+                    .text()
+                    .rsplit(": ")
+                    .next()
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                max = max.max(value.unwrap_or(0));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        max
+    });
+    MaxSampler { stop, handle }
 }
 
 fn assert_echo(ws: &mut WsClient, text: &str) {
