@@ -5,7 +5,9 @@
 //! stopped by PID on drop; if the test is panicking its log tail is printed.
 
 use crate::http::{self, Request, Response, SlowUpload};
+use crate::net::ClosedPort;
 use crate::paths::{self, TestDir};
+use crate::process;
 use crate::upstream::Upstream;
 use crate::ws::{self, UpgradeRejected, WsClient};
 use serde_json::Value;
@@ -61,6 +63,7 @@ pub struct EnvoyBuilder {
     ready_timeout: Duration,
     extra_args: Vec<String>,
     internal_cidrs: Vec<String>,
+    closed_ports: Vec<ClosedPort>,
     failure_policy: String,
     wasm_path: Option<PathBuf>,
     hot_restart: Option<(Option<u32>, u32)>,
@@ -119,6 +122,15 @@ impl EnvoyBuilder {
     /// Adds a STATIC loopback cluster at any port (e.g. one nobody listens on).
     pub fn cluster_at_port(mut self, cluster: &str, port: u16) -> Self {
         self.clusters.push((cluster.to_string(), port));
+        self
+    }
+    /// Adds a STATIC loopback cluster whose endpoint refuses connections: a
+    /// port kept bound (never listening) for as long as the `Envoy` lives,
+    /// so no parallel test can take it and make the dead upstream answer.
+    pub fn dead_cluster(mut self, cluster: &str) -> Self {
+        let port = ClosedPort::reserve();
+        self.clusters.push((cluster.to_string(), port.port()));
+        self.closed_ports.push(port);
         self
     }
     /// Adds one raw cluster (YAML mapping, written as if at column 0).
@@ -287,11 +299,10 @@ impl EnvoyBuilder {
             cmd.args(["--component-log-level", spec]);
         }
         cmd.args(&self.extra_args);
-        let child = cmd
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::null())
             .stdout(output.try_clone().expect("clone envoy.out"))
-            .stderr(output)
-            .spawn()
+            .stderr(output);
+        let child = process::spawn(cmd)
             .unwrap_or_else(|e| panic!("cannot start Envoy {}: {e}", envoy_bin.display()));
         Envoy {
             child,
@@ -304,6 +315,7 @@ impl EnvoyBuilder {
             admin: None,
             listener: None,
             ecds,
+            _closed_ports: self.closed_ports,
         }
     }
 }
@@ -389,6 +401,8 @@ pub struct Envoy {
     admin: Option<SocketAddr>,
     listener: Option<SocketAddr>,
     ecds: Option<Ecds>,
+    /// Ports of `dead_cluster`s, kept bound while Envoy runs.
+    _closed_ports: Vec<ClosedPort>,
 }
 
 impl Envoy {
@@ -421,6 +435,7 @@ impl Envoy {
             ready_timeout: READY_TIMEOUT,
             extra_args: Vec::new(),
             internal_cidrs: Vec::new(),
+            closed_ports: Vec::new(),
             failure_policy: "FAIL_CLOSED".into(),
             wasm_path: None,
             hot_restart: None,
@@ -639,26 +654,13 @@ impl Envoy {
         found.unwrap_or_else(|| panic!("no ingress listener in admin /listeners: {json}"))
     }
 
-    /// SIGTERM (so the log is flushed), up to 3 s, then SIGKILL; always waited.
+    /// SIGTERM (so the log is flushed), up to 3 s, then SIGKILL, each to
+    /// Envoy's own process group; always waited.
     fn stop(&mut self) {
         if self.exited.is_some() {
             return;
         }
-        let pid = self.child.id() as libc::pid_t;
-        // SAFETY: signalling our own child by its PID; it has not been reaped yet.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                self.exited = Some(status);
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        self.exited = self.child.wait().ok();
+        self.exited = process::stop(&mut self.child, Duration::from_secs(3));
     }
 }
 

@@ -15,20 +15,26 @@
 //!
 //! Each `Envoy` lives in its own temp dir (`envoy.yaml`, `envoy.log`, stdout/stderr);
 //! if the test panics, dropping it prints the log tail and keeps the dir
-//! (set `EDGE_GUARD_KEEP_TMP=1` to always keep it). Every process is killed by
-//! its PID and waited on drop. Missing Envoy or wasm is a hard failure: run
-//! `./build.sh test`. Overrides: `EDGE_GUARD_ENVOY`, `EDGE_GUARD_WASM`,
+//! (set `EDGE_GUARD_KEEP_TMP=1` to always keep it). Every process runs in its
+//! own process group with a parent-death signal, so nothing outlives a killed
+//! test binary (`process`); each is killed with its group and waited on drop.
+//! Missing Envoy or wasm is a hard failure, and so is a wasm older than the
+//! sources it was built from: run `./build.sh test`. Overrides: `EDGE_GUARD_ENVOY`, `EDGE_GUARD_WASM`,
 //! `EDGE_GUARD_UPSTREAM_BIN`.
 
 pub mod envoy;
 pub mod http;
+pub mod net;
 pub mod paths;
+pub mod process;
 pub mod scripts;
 pub mod upstream;
 pub mod ws;
 
 pub use envoy::{Envoy, EnvoyBuilder, Policy, StartFailure};
 pub use http::{Request, Response, SlowUpload};
+pub use net::ClosedPort;
+pub use process::Guarded;
 pub use scripts::ScriptProcess;
 pub use upstream::Upstream;
 pub use ws::{raw_frame, UpgradeRejected, WsClient, WsEvent};

@@ -30,7 +30,9 @@ pub fn envoy_bin() -> PathBuf {
     p
 }
 
-/// `$EDGE_GUARD_WASM` or the release wasm build; panics if absent.
+/// `$EDGE_GUARD_WASM` or the release wasm build; panics if absent, or if
+/// any source it is built from is newer than it (a plain `cargo test` after
+/// an edit would otherwise test the old filter and pass for the wrong reason).
 pub fn wasm() -> PathBuf {
     let p = from_env_or(
         "EDGE_GUARD_WASM",
@@ -41,7 +43,74 @@ pub fn wasm() -> PathBuf {
         "edge-guard wasm not found at {} — {HOW_TO_FIX}",
         p.display()
     );
+    if let Err(stale) = check_fresh(&p) {
+        panic!("{stale}");
+    }
     p.canonicalize().unwrap_or(p)
+}
+
+/// The sources a wasm is built from: the files under the repository that
+/// cargo's dep-info next to it (`edge_guard.d`) lists, or, without one, every
+/// file under `src/`.
+pub fn wasm_sources(wasm: &Path) -> Vec<PathBuf> {
+    let root = repo_root();
+    let listed: Vec<PathBuf> = std::fs::read_to_string(wasm.with_extension("d"))
+        .ok()
+        .and_then(|d| {
+            let (_, deps) = d.lines().next()?.split_once(": ")?;
+            // Spaces in paths are escaped as `\ `.
+            Some(
+                deps.replace("\\ ", "\u{0}")
+                    .split_whitespace()
+                    .map(|f| PathBuf::from(f.replace('\u{0}', " ")))
+                    .filter(|f| f.starts_with(&root) && f.is_file())
+                    .collect(),
+            )
+        })
+        .unwrap_or_default();
+    if !listed.is_empty() {
+        return listed;
+    }
+    let mut files = Vec::new();
+    let mut dirs = vec![root.join("src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
+
+/// `Err` with a message naming the newest source if any source of `wasm` was
+/// modified after it.
+pub fn check_fresh(wasm: &Path) -> Result<(), String> {
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let Some(built) = mtime(wasm) else {
+        return Err(format!("cannot read the mtime of {}", wasm.display()));
+    };
+    let newest = wasm_sources(wasm)
+        .into_iter()
+        .filter_map(|f| Some((mtime(&f)?, f)))
+        .max();
+    match newest {
+        Some((changed, file)) if changed > built => {
+            let ahead = changed.duration_since(built).unwrap_or_default();
+            Err(format!(
+                "edge-guard wasm {} is older than its source {} (changed {:.1} s after the build): \
+                 the tests would run the old filter. Rebuild with ./build.sh test (or \
+                 ./build.sh build for the main wasm alone), then re-run.",
+                wasm.display(),
+                file.display(),
+                ahead.as_secs_f64()
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `$EDGE_GUARD_FAULT_WASM` or the fault-injection build that `./build.sh
@@ -57,6 +126,9 @@ pub fn fault_wasm() -> PathBuf {
         "fault-injection wasm not found at {} — {HOW_TO_FIX}",
         p.display()
     );
+    if let Err(stale) = check_fresh(&p) {
+        panic!("{stale}");
+    }
     p.canonicalize().unwrap_or(p)
 }
 
@@ -132,5 +204,36 @@ impl Drop for TestDir {
         } else {
             let _ = std::fs::remove_dir_all(&self.path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn a_wasm_older_than_a_listed_source_is_refused_by_name() {
+        let dir = TestDir::new("fresh");
+        let wasm = dir.join("edge_guard.wasm");
+        let source = repo_root().join("src/lib.rs");
+        std::fs::write(&wasm, b"\0asm").unwrap();
+        std::fs::write(
+            dir.join("edge_guard.d"),
+            format!("{}: {}\n", wasm.display(), source.display()),
+        )
+        .unwrap();
+        assert_eq!(wasm_sources(&wasm), vec![source.clone()]);
+        let file = std::fs::File::options().write(true).open(&wasm).unwrap();
+        file.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(1))
+            .unwrap();
+        let err = check_fresh(&wasm).expect_err("a 1970 wasm is stale");
+        assert!(
+            err.contains("src/lib.rs") && err.contains("./build.sh build"),
+            "{err}"
+        );
+        file.set_modified(SystemTime::now() + Duration::from_secs(3600))
+            .unwrap();
+        assert_eq!(check_fresh(&wasm), Ok(()));
     }
 }

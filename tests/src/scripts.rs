@@ -3,12 +3,13 @@
 //! `tests/node/`, packages in `demo/socketio/node_modules`, installed by
 //! `./build.sh test` from the committed package-lock) and Python (`websockets`
 //! in `.venv`; scripts in `tests/python/`). Each process runs in its own
-//! process group, killed (SIGKILL to the group, by its PID) and waited on
-//! drop, so nothing a script starts outlives its test.
+//! process group with a parent-death signal (`process::spawn`), killed
+//! (SIGKILL to the group, by its PID) and waited on drop, so nothing a script
+//! starts outlives its test, nor a SIGKILLed test binary.
 
 use crate::paths;
+use crate::process;
 use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -63,11 +64,10 @@ impl ScriptProcess {
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .process_group(0);
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", path.display()));
+            .stderr(Stdio::inherit());
+        // Own process group and a parent-death signal (see `process`).
+        let mut child =
+            process::spawn(cmd).unwrap_or_else(|e| panic!("cannot start {}: {e}", path.display()));
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -139,13 +139,8 @@ impl ScriptProcess {
 
     /// Kills the whole process group now (what a vanished client looks like).
     pub fn kill(&mut self) {
-        let pgid = self.child.id() as libc::pid_t;
-        // SAFETY: signalling the process group our own child leads (its
-        // process-group id is its PID); the child has not been reaped yet.
-        unsafe {
-            libc::kill(-pgid, libc::SIGKILL);
-        }
-        let _ = self.child.wait();
+        // SIGKILL to the group our own unreaped child leads, then reaped.
+        process::kill(&mut self.child);
     }
 }
 

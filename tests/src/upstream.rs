@@ -1,8 +1,10 @@
 //! A demo upstream running as its own process (the `upstream` bin of this
-//! package), on a port the OS chose. Killed by PID and waited on drop.
+//! package), on a port the OS chose, in its own process group with a
+//! parent-death signal (see `process`). Killed and waited on drop.
 
 use crate::http::{self, Request, Response};
 use crate::paths;
+use crate::process;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -22,12 +24,12 @@ impl Upstream {
     pub fn start(name: &str) -> Upstream {
         paths::prepare_process_limits();
         let bin = paths::upstream_bin();
-        let mut child = Command::new(&bin)
-            .args(["--listen", "127.0.0.1:0", "--name", name])
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--listen", "127.0.0.1:0", "--name", name])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
+            .stderr(Stdio::inherit());
+        let mut child = process::spawn(cmd)
             .unwrap_or_else(|e| panic!("cannot start the demo upstream {}: {e}", bin.display()));
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
@@ -42,8 +44,7 @@ impl Upstream {
             .strip_prefix("LISTENING ")
             .and_then(|p| p.parse().ok());
         let Some(port) = port else {
-            let _ = child.kill();
-            let _ = child.wait();
+            process::kill(&mut child);
             panic!("demo upstream {name} did not report its port (got {line:?})");
         };
         Upstream {
@@ -96,7 +97,7 @@ impl Upstream {
 
 impl Drop for Upstream {
     fn drop(&mut self) {
-        let _ = self.child.kill(); // SIGKILL to this PID only
-        let _ = self.child.wait();
+        // SIGKILL to its own process group only, then reaped.
+        process::kill(&mut self.child);
     }
 }

@@ -176,3 +176,81 @@ fn admin_stats_and_custom_routes() {
     assert!(envoy.prometheus().contains("envoy_cluster_upstream_rq"));
     assert!(envoy.log_contains("starting main dispatch loop"));
 }
+
+// ---- nothing outlives a killed test binary ------------------------------------------
+
+const ORPHAN_HELPER: &str = "EDGE_GUARD_E2E_ORPHAN_HELPER";
+
+/// Whether `pid` is gone (or a zombie nobody has reaped yet).
+fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // "pid (comm) S ...": the state follows the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// Re-runs this test binary as a helper that starts an upstream and an Envoy
+/// and then hangs; SIGKILLs the helper (no destructor runs) and checks that
+/// the kernel took both children down with it.
+#[test]
+fn children_die_with_a_sigkilled_test_binary() {
+    if std::env::var_os(ORPHAN_HELPER).is_some() {
+        let up = Upstream::start("course_service");
+        let envoy = Envoy::builder(policy())
+            .upstream(&up)
+            .without_filter()
+            .start();
+        println!("CHILDREN {} {}", up.pid(), envoy.pid());
+        std::thread::sleep(Duration::from_secs(60));
+        return;
+    }
+    use std::io::{BufRead, BufReader};
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        "children_die_with_a_sigkilled_test_binary",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(ORPHAN_HELPER, "1")
+    .stdout(std::process::Stdio::piped());
+    let mut helper = edge_guard_e2e::Guarded::start(cmd);
+    let stdout = helper.child().stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            // libtest's "test name ... " precedes it on the same line.
+            if let Some((_, pids)) = line.split_once("CHILDREN ") {
+                let _ = tx.send(pids.to_string());
+            }
+        }
+    });
+    let pids: Vec<u32> = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the helper never reported its children")
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 2);
+    assert!(
+        pids.iter().all(|p| !process_gone(*p)),
+        "children not running"
+    );
+    // SIGKILL the helper alone (not its group): no Drop runs in it.
+    // SAFETY: signalling our own unreaped child by its PID.
+    unsafe {
+        libc::kill(helper.pid() as libc::pid_t, libc::SIGKILL);
+    }
+    assert!(helper.wait_timeout(Duration::from_secs(5)).is_some());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !pids.iter().all(|p| process_gone(*p)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "children {pids:?} outlived the SIGKILLed test binary"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

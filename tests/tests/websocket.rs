@@ -3,8 +3,9 @@
 //! bursts; the 401/404/429/503 replies; a released slot however a connection
 //! ends; the per-connection limits (1009, 1008, idle, max duration); traffic
 //! under the limits passing unchanged both ways; permessage-deflate refused so
-//! sizes stay exact; jwt identity ignoring a spoofed header; and a churn of
-//! 10,000 connections ending with nothing held.
+//! sizes stay exact; jwt identity ignoring a spoofed header. (The churn of
+//! 10,000 connections is in `churn.rs`, its own test binary, away from these
+//! timing tests.)
 //!
 //! "Released" is checked three ways each time: the instance gauge
 //! `edge_guard.websocket.active`, the route gauge
@@ -20,7 +21,6 @@ use sha2::Sha256;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -92,11 +92,8 @@ fn assert_error(r: &UpgradeRejected, status: u16, code: &str) {
 
 fn assert_capacity(r: &UpgradeRejected) {
     assert_error(r, 503, "websocket_capacity");
-    let retry = r.header("retry-after").and_then(|v| v.parse::<u32>().ok());
-    assert!(
-        retry.is_some_and(|s| s >= 1),
-        "no usable retry-after: {r:?}"
-    );
+    // README: `retry-after: 5`.
+    assert_eq!(r.header("retry-after"), Some("5"), "{r:?}");
 }
 
 fn assert_user_limit(r: &UpgradeRejected) {
@@ -294,6 +291,25 @@ fn instance_limit_is_exact_under_a_burst_of_40_upgrades() {
             assert_capacity(r);
         }
         wait_held(&envoy, "events", 10);
+        if round == 1 {
+            // Exact *across workers*: both took part in the bursts.
+            for worker in ["worker_0", "worker_1"] {
+                let upgrades: u64 = envoy
+                    .stats()
+                    .iter()
+                    .filter(|(k, _)| {
+                        k.starts_with("listener.")
+                            && k.contains(&format!(".{worker}."))
+                            && k.ends_with(".downstream_cx_total")
+                    })
+                    .map(|(_, v)| *v)
+                    .sum();
+                assert!(
+                    upgrades > 0,
+                    "{worker} accepted none of 80 connections: the bursts did not test exactness across workers"
+                );
+            }
+        }
         for (i, ws) in &mut admitted {
             assert_echo(ws, &format!("hello from {i}"));
         }
@@ -430,11 +446,6 @@ fn missing_identity_is_401_and_an_upgrade_to_a_plain_route_is_404() {
 fn every_way_a_connection_ends_releases_its_slot() {
     const LIMIT: usize = 2;
     let up = Upstream::start("event_service");
-    let closed_port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let mut p = policy(None, json!({"max_connections": LIMIT}));
     let routes = p["routes"].as_array_mut().unwrap();
     routes.push(
@@ -445,7 +456,7 @@ fn every_way_a_connection_ends_releases_its_slot() {
         json!({"classes": {"standard": "30s", "quick": "1s"}, "default_class": "standard"});
     let envoy = Envoy::builder(p)
         .upstream(&up)
-        .cluster_at_port("dead_service", closed_port)
+        .dead_cluster("dead_service")
         .start();
     let upstream_open_is = |n: i64| {
         let deadline = Instant::now() + RELEASE_WAIT;
@@ -1046,107 +1057,5 @@ fn jwt_identity_counts_the_verified_claim_and_ignores_a_spoofed_header() {
         .unwrap_or_else(|r| panic!("alice refused after closing: {r:?}"));
     assert_echo(&mut alice, "alice 2");
     drop((alice, bob));
-    wait_held(&envoy, "events", 0);
-}
-
-// ---- churn ----------------------------------------------------------------------------
-
-#[test]
-fn churn_of_10000_connections_across_2000_users_leaves_nothing_held() {
-    const THREADS: usize = 8;
-    const PER_THREAD: usize = 1250;
-    const USERS: usize = 2000;
-    const INSTANCE_LIMIT: usize = 100;
-    const USER_LIMIT: usize = 2;
-    let (up, envoy) = stack(policy(
-        None,
-        json!({
-            "max_connections": INSTANCE_LIMIT,
-            "max_connections_per_user": USER_LIMIT,
-            "identity": {"header": "x-user-id"},
-            "require_identity": true,
-            "max_message_bytes": 65536,
-            "max_messages_per_second": 100,
-        }),
-    ));
-    let started = Instant::now();
-    let rejected = AtomicUsize::new(0);
-    thread::scope(|s| {
-        for t in 0..THREADS {
-            let (envoy, rejected) = (&envoy, &rejected);
-            s.spawn(move || {
-                for i in 0..PER_THREAD {
-                    // Users t, t+8, t+16, ...: no two threads share a user.
-                    let user = format!("churn-{}", (i * THREADS + t) % USERS);
-                    let mut ws = match envoy.websocket(EVENTS, &[("x-user-id", &user)]) {
-                        Ok(ws) => ws,
-                        Err(r) => {
-                            eprintln!("churn upgrade of {user} refused: {r:?}");
-                            rejected.fetch_add(1, Ordering::Relaxed);
-                            continue;
-                        }
-                    };
-                    match i % 4 {
-                        0 => {
-                            ws.close(1000, "");
-                            let _ = ws.recv();
-                        }
-                        1 => {
-                            ws.send_text("hi");
-                            let _ = ws.recv();
-                        }
-                        2 => reset_tcp(ws),
-                        _ => drop(ws),
-                    }
-                }
-            });
-        }
-    });
-    let churn_time = started.elapsed();
-    eprintln!(
-        "churn: {} connections in {churn_time:?}",
-        THREADS * PER_THREAD
-    );
-    assert_eq!(
-        rejected.load(Ordering::Relaxed),
-        0,
-        "limits far above the concurrency refused upgrades"
-    );
-    let upgrades = envoy.stat("http.ingress.downstream_cx_upgrades_total");
-    assert!(
-        upgrades >= Some((THREADS * PER_THREAD) as u64),
-        "{upgrades:?}"
-    );
-    assert!(up.requests() >= (THREADS * PER_THREAD) as u64);
-    wait_held(&envoy, "events", 0);
-    let deadline = Instant::now() + RELEASE_WAIT;
-    while up.ws_open() != 0 {
-        assert!(
-            Instant::now() < deadline,
-            "upstream still has {} open",
-            up.ws_open()
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-
-    // Nothing per user survived the churn: churned users get exactly their limit
-    // again, and the instance exactly its limit. (Shared-data size is not visible
-    // from outside Envoy; this is the observable consequence of it being bounded.)
-    let mut held_now = Vec::new();
-    for u in (0..USERS).step_by(USERS / 20) {
-        let user = format!("churn-{u}");
-        for _ in 0..USER_LIMIT {
-            held_now.push(open(&envoy, EVENTS, &user));
-        }
-        assert_user_limit(&refused(&envoy, EVENTS, &[("x-user-id", &user)]));
-    }
-    let mut fresh = 0;
-    while held_now.len() < INSTANCE_LIMIT {
-        held_now.push(open(&envoy, EVENTS, &format!("fresh-{fresh}")));
-        fresh += 1;
-    }
-    assert_capacity(&refused(&envoy, EVENTS, &[("x-user-id", "one-too-many")]));
-    wait_held(&envoy, "events", INSTANCE_LIMIT as u64);
-    drop(held_now);
     wait_held(&envoy, "events", 0);
 }
