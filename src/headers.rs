@@ -8,6 +8,8 @@
 //! allocation replace a host call per header. Never panics on malformed
 //! input: a short buffer just ends the iteration.
 
+use crate::budget::{parse_expected_timeout, parse_grpc_timeout, tighter, Inherited};
+
 /// Headers a client could use to change its own deadline; edge-guard
 /// removes each one a client sent, and sets the router's itself.
 pub const CLIENT_DEADLINE_HEADERS: [&str; 4] = [
@@ -16,6 +18,9 @@ pub const CLIENT_DEADLINE_HEADERS: [&str; 4] = [
     "x-envoy-expected-rq-timeout-ms",
     "x-envoy-upstream-rq-timeout-alt-response",
 ];
+
+/// `x-envoy-expected-rq-timeout-ms`'s position in `CLIENT_DEADLINE_HEADERS`.
+const EXPECTED_TIMEOUT_BIT: usize = 2;
 
 /// The (name, value) pairs of a serialized header map, borrowed.
 pub struct HeaderPairs<'a> {
@@ -67,6 +72,14 @@ impl<'a> Iterator for HeaderPairs<'a> {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RequestHead {
     pub path: Option<String>,
+    /// The destination of an outbound call (egress mode).
+    pub authority: Option<String>,
+    /// The caller's budget, forwarded on an outbound call in
+    /// `x-envoy-expected-rq-timeout-ms` and/or `grpc-timeout` (the tighter
+    /// counts; unreadable values are ignored). Only egress mode uses it.
+    pub inherited: Inherited,
+    /// A `grpc-timeout` was sent: egress mode rewrites it to the call's budget.
+    pub grpc_timeout: bool,
     pub method: Option<String>,
     pub request_id: Option<String>,
     /// `upgrade: websocket` (any case).
@@ -86,8 +99,21 @@ impl RequestHead {
             match name {
                 b":path" => head.path = Some(text(value)),
                 b":method" => head.method = Some(text(value)),
+                b":authority" => head.authority = Some(text(value)),
+                b"grpc-timeout" => {
+                    head.grpc_timeout = true;
+                    if let Ok(inherited) = parse_grpc_timeout(value) {
+                        head.inherited = tighter(head.inherited, inherited);
+                    }
+                }
                 b"x-request-id" => head.request_id = Some(text(value)),
                 b"upgrade" => head.websocket_upgrade = value.eq_ignore_ascii_case(b"websocket"),
+                b"x-envoy-expected-rq-timeout-ms" => {
+                    head.client_deadline_headers |= 1 << EXPECTED_TIMEOUT_BIT;
+                    if let Ok(inherited) = parse_expected_timeout(value) {
+                        head.inherited = tighter(head.inherited, inherited);
+                    }
+                }
                 _ if name.starts_with(b"x-envoy-") => {
                     for (bit, deadline) in CLIENT_DEADLINE_HEADERS.iter().enumerate() {
                         if name == deadline.as_bytes() {
@@ -179,6 +205,37 @@ mod tests {
                 "x-envoy-expected-rq-timeout-ms",
                 "x-envoy-upstream-rq-timeout-alt-response"
             ]
+        );
+    }
+
+    #[test]
+    fn reads_the_destination_and_the_inherited_budget() {
+        use crate::policy::Millis;
+        let bytes = serialize(&[
+            (":authority", b"sms.example.com:443"),
+            ("x-envoy-expected-rq-timeout-ms", b"1200"),
+            ("grpc-timeout", b"2S"),
+        ]);
+        let head = RequestHead::from_pairs(HeaderPairs::new(&bytes));
+        assert_eq!(head.authority.as_deref(), Some("sms.example.com:443"));
+        assert_eq!(head.inherited, Inherited::Remaining(Millis(1200)));
+        assert!(head.grpc_timeout);
+        assert_eq!(
+            head.client_deadline_headers().collect::<Vec<_>>(),
+            vec!["x-envoy-expected-rq-timeout-ms"]
+        );
+        let spent = serialize(&[
+            ("grpc-timeout", b"0m"),
+            ("x-envoy-expected-rq-timeout-ms", b"900"),
+        ]);
+        assert_eq!(
+            RequestHead::from_pairs(HeaderPairs::new(&spent)).inherited,
+            Inherited::Spent
+        );
+        let garbage = serialize(&[("x-envoy-expected-rq-timeout-ms", b"soon")]);
+        assert_eq!(
+            RequestHead::from_pairs(HeaderPairs::new(&garbage)).inherited,
+            Inherited::None
         );
     }
 

@@ -5,8 +5,10 @@
 //! import, tested natively. `filter` is the thin host layer and only exists in the
 //! wasm build.
 
+pub mod budget;
 pub mod deadline;
 pub mod drain;
+pub mod egress;
 pub mod envoy_check;
 pub mod headers;
 pub mod health;

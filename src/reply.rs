@@ -18,6 +18,7 @@ pub enum ErrorCode {
     IdentityRequired,
     RouteMismatch,
     UpstreamUnhealthy,
+    DestinationNotAllowed,
 }
 
 impl ErrorCode {
@@ -32,6 +33,7 @@ impl ErrorCode {
             ErrorCode::IdentityRequired => "identity_required",
             ErrorCode::RouteMismatch => "route_mismatch",
             ErrorCode::UpstreamUnhealthy => "upstream_unhealthy",
+            ErrorCode::DestinationNotAllowed => "destination_not_allowed",
         }
     }
 
@@ -46,6 +48,7 @@ impl ErrorCode {
             ErrorCode::IdentityRequired => 401,
             ErrorCode::RouteMismatch => 502,
             ErrorCode::UpstreamUnhealthy => 503,
+            ErrorCode::DestinationNotAllowed => 403,
         }
     }
 }
@@ -130,6 +133,7 @@ mod tests {
             (ErrorCode::IdentityRequired, 401),
             (ErrorCode::RouteMismatch, 502),
             (ErrorCode::UpstreamUnhealthy, 503),
+            (ErrorCode::DestinationNotAllowed, 403),
         ];
         for (code, status) in expected {
             assert_eq!(code.status(), status, "{}", code.as_str());

@@ -37,11 +37,17 @@ pub struct RouteMismatch {
 
 pub fn render(policy: &Policy, snapshot: &StatusSnapshot) -> String {
     json::object(|doc| {
-        doc.str("name", "edge-guard").str("version", VERSION);
+        doc.str("name", "edge-guard")
+            .str("version", VERSION)
+            .str("direction", policy.direction.as_str());
         doc.arr("routes", |routes| {
             for (i, r) in policy.routes.iter().enumerate() {
                 routes.obj(|route| {
-                    route.str("name", &r.name).str("prefix", &r.prefix);
+                    route.str("name", &r.name);
+                    if let Some(host) = &r.host {
+                        route.str("host", &host.as_written());
+                    }
+                    route.str("prefix", &r.prefix);
                     if r.methods.is_any() {
                         route.null("methods");
                     } else {
@@ -149,5 +155,21 @@ mod tests {
         assert_eq!(v["clusters"][0]["healthy"], false);
         assert_eq!(v["clusters"][1]["healthy"], Value::Null);
         assert_eq!(v["websocket"]["limit"], 100);
+        assert_eq!(v["direction"], "ingress");
+        assert!(v["routes"][0].get("host").is_none());
+    }
+
+    #[test]
+    fn egress_routes_show_their_host() {
+        let policy = Policy::from_json(
+            br#"{"direction": "egress", "routes": [
+                {"name": "sms", "host": "*.sms.example.com", "cluster": "sms_api"}
+            ]}"#,
+        )
+        .unwrap();
+        let v: Value = serde_json::from_str(&render(&policy, &StatusSnapshot::default())).unwrap();
+        assert_eq!(v["direction"], "egress");
+        assert_eq!(v["routes"][0]["host"], "*.sms.example.com");
+        assert_eq!(v["routes"][0]["prefix"], "/");
     }
 }

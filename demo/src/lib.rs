@@ -11,6 +11,9 @@
 //!   `read_delay_ms=N` (sleep before reading the body);
 //! - `GET /health`: `ok`, or 503 / no answer, as set by `POST /__control/health?mode=ok|fail|hang`;
 //! - `GET /__control/stats`, `POST /__control/reset-stats`;
+//! - `<path>/__call/<host>/<rest>`: call `http://<host>/<rest>` through the
+//!   egress proxy (`--egress ADDR` or `POST /__control/egress?addr=ADDR`),
+//!   forwarding the remaining budget (see `outbound`);
 //! - WebSocket upgrade on any path (`refuse_upgrade=1` → 403): echoes data
 //!   messages; text commands `__close`, `__big <N>`, `__reset`.
 //!
@@ -18,6 +21,7 @@
 //! cost little.
 
 pub mod http1;
+pub mod outbound;
 mod server;
 mod ws;
 
@@ -36,6 +40,7 @@ pub const CONNECTION_STACK: usize = 128 * 1024;
 pub fn run() {
     let mut listen = String::from("127.0.0.1:0");
     let mut name = String::from("demo");
+    let mut egress = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -45,6 +50,15 @@ pub fn run() {
                     .unwrap_or_else(|| usage("--listen needs an address"))
             }
             "--name" => name = args.next().unwrap_or_else(|| usage("--name needs a value")),
+            "--egress" => {
+                let addr = args
+                    .next()
+                    .unwrap_or_else(|| usage("--egress needs an address"));
+                egress = Some(
+                    addr.parse()
+                        .unwrap_or_else(|_| usage("--egress needs an ip:port")),
+                );
+            }
             "-h" | "--help" => usage(""),
             other => usage(&format!("unknown argument {other:?}")),
         }
@@ -63,14 +77,18 @@ pub fn run() {
     let _ = writeln!(out, "LISTENING {port}");
     let _ = out.flush();
     drop(out);
-    serve(listener, Arc::new(State::new(name)));
+    let state = State::new(name);
+    state.set_egress(egress);
+    serve(listener, Arc::new(state));
 }
 
 fn usage(problem: &str) -> ! {
     if !problem.is_empty() {
         eprintln!("demo-upstream: {problem}");
     }
-    eprintln!("usage: demo-upstream [--listen 127.0.0.1:0] [--name SERVICE]");
+    eprintln!(
+        "usage: demo-upstream [--listen 127.0.0.1:0] [--name SERVICE] [--egress 127.0.0.1:10001]"
+    );
     std::process::exit(2);
 }
 

@@ -3,10 +3,10 @@
 //! `ws`.
 
 use crate::http1::{self, Head};
-use crate::{ws, CONNECTION_STACK};
+use crate::{outbound, ws, CONNECTION_STACK};
 use serde_json::{json, Map, Value};
 use std::io::{self, BufReader, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -26,6 +26,10 @@ pub struct State {
     health_hit_times_ms: Mutex<Vec<u64>>,
     requests: AtomicU64,
     pub(crate) ws_open: AtomicI64,
+    /// The egress proxy outbound calls go through (`outbound`).
+    egress: Mutex<Option<SocketAddr>>,
+    /// `x-envoy-expected-rq-timeout-ms` of the last request (-1: none).
+    last_budget_ms: AtomicI64,
 }
 
 impl State {
@@ -37,7 +41,24 @@ impl State {
             health_hit_times_ms: Mutex::new(Vec::new()),
             requests: AtomicU64::new(0),
             ws_open: AtomicI64::new(0),
+            egress: Mutex::new(None),
+            last_budget_ms: AtomicI64::new(-1),
         }
+    }
+
+    /// Where outbound calls (`.../__call/<host>/...`) go.
+    pub fn set_egress(&self, addr: Option<SocketAddr>) {
+        if let Ok(mut egress) = self.egress.lock() {
+            *egress = addr;
+        }
+    }
+
+    fn record_budget(&self, head: &Head) {
+        let budget = head
+            .header("x-envoy-expected-rq-timeout-ms")
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .unwrap_or(-1);
+        self.last_budget_ms.store(budget, Ordering::SeqCst);
     }
 
     fn stats_json(&self) -> Value {
@@ -52,6 +73,7 @@ impl State {
             "health_hit_times_ms": times,
             "requests": self.requests.load(Ordering::SeqCst),
             "ws_open": self.ws_open.load(Ordering::SeqCst),
+            "last_budget_ms": Some(self.last_budget_ms.load(Ordering::SeqCst)).filter(|v| *v >= 0),
         })
     }
 
@@ -61,6 +83,7 @@ impl State {
             t.clear();
         }
         self.requests.store(0, Ordering::SeqCst);
+        self.last_budget_ms.store(-1, Ordering::SeqCst);
     }
 }
 
@@ -97,6 +120,7 @@ fn handle_connection(stream: TcpStream, state: &State) -> io::Result<()> {
         let Some(head) = http1::read_head(&mut reader)? else {
             return Ok(());
         };
+        let started = Instant::now();
         let mut parts = head.start_line.split_whitespace();
         let method = parts.next().unwrap_or("").to_string();
         let target = parts.next().unwrap_or("/").to_string();
@@ -112,7 +136,7 @@ fn handle_connection(stream: TcpStream, state: &State) -> io::Result<()> {
 
         if path.starts_with("/__control/") {
             http1::read_body(&mut reader, head.body_kind(), &mut io::sink())?;
-            let (status, body) = control(state, &method, path, param("mode"));
+            let (status, body) = control(state, &method, path, param("mode"), param("addr"));
             write_response(
                 &mut out,
                 status,
@@ -132,8 +156,24 @@ fn handle_connection(stream: TcpStream, state: &State) -> io::Result<()> {
                 param_ms("delay_ms"),
                 state,
             );
+        } else if let Some(call) = outbound::parse(&target) {
+            state.requests.fetch_add(1, Ordering::SeqCst);
+            state.record_budget(&head);
+            http1::read_body(&mut reader, head.body_kind(), &mut io::sink())?;
+            let egress = state.egress.lock().ok().and_then(|e| *e);
+            let (status, body) =
+                outbound::call(&state.name, egress, &method, &head, started, &call);
+            let body = body.to_string();
+            write_response(
+                &mut out,
+                status,
+                "application/json",
+                body.as_bytes(),
+                close_after,
+            )?;
         } else {
             state.requests.fetch_add(1, Ordering::SeqCst);
+            state.record_budget(&head);
             if let Some(d) = param_ms("read_delay_ms") {
                 std::thread::sleep(d);
             }
@@ -211,8 +251,24 @@ fn health(state: &State, out: &mut TcpStream) -> io::Result<Option<(u16, &'stati
     }
 }
 
-fn control(state: &State, method: &str, path: &str, mode: Option<&str>) -> (u16, String) {
+fn control(
+    state: &State,
+    method: &str,
+    path: &str,
+    mode: Option<&str>,
+    addr: Option<&str>,
+) -> (u16, String) {
     match (method, path) {
+        ("POST", "/__control/egress") => match addr.map(str::parse::<SocketAddr>) {
+            Some(Ok(addr)) => {
+                state.set_egress(Some(addr));
+                (200, json!({"egress": addr.to_string()}).to_string())
+            }
+            _ => (
+                400,
+                json!({"error": "addr must be an ip:port, e.g. 127.0.0.1:10001"}).to_string(),
+            ),
+        },
         ("POST", "/__control/health") => {
             let code = match mode {
                 Some("ok") => HEALTH_OK,

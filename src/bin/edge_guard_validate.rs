@@ -1,7 +1,8 @@
 //! `edge-guard-validate`: checks an edge-guard policy against an Envoy
 //! bootstrap or admin `/config_dump`, offline (`./build.sh validate --help`).
 //!
-//! Only the YAML reading lives here (serde_yaml, feature `cli`); everything
+//! Only the YAML reading lives here (serde_norway, the maintained fork of the
+//! archived serde_yaml; feature `cli`); everything
 //! else is `edge_guard::envoy_check`, so the checks stay unit-testable and the
 //! wasm filter never links a YAML parser.
 
@@ -26,6 +27,6 @@ fn parse_envoy(text: &str) -> Result<Value, String> {
             return Ok(value);
         }
     }
-    let yaml: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+    let yaml: serde_norway::Value = serde_norway::from_str(text).map_err(|e| e.to_string())?;
     serde_json::to_value(yaml).map_err(|e| e.to_string())
 }

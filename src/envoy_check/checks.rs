@@ -14,7 +14,7 @@ use super::model::{
     RouteConfiguration, RouteSource, Source, VirtualHost, WasmFilter,
 };
 use super::{Finding, Report, Severity};
-use crate::policy::{routes_by_class, Millis, Policy, Route, UnknownRoute};
+use crate::policy::{routes_by_class, Direction, Millis, Policy, Route, UnknownRoute};
 use crate::routing::{Method, RouteMatch};
 
 /// What to check besides the Envoy document.
@@ -86,21 +86,29 @@ pub fn validate(envoy_doc: &Value, options: &Options) -> Result<Report, String> 
     let Some(policy) = policy else {
         return Ok(out.into_report(policy_source));
     };
+    // An HCM whose filter embeds a policy of the other direction (the
+    // egress listener next to the edge one) is checked against its own.
+    let own = other_direction_policies(&envoy, &policy, &mut out);
     check_clusters(&envoy, &policy, &mut out);
-    for (hcm, is_guarded) in envoy.hcms.iter().zip(&guarded) {
+    for other in own.iter().flatten() {
+        check_clusters(&envoy, other, &mut out);
+    }
+    for ((hcm, is_guarded), own) in envoy.hcms.iter().zip(&guarded).zip(&own) {
+        let policy = own.as_ref().unwrap_or(&policy);
         let rc = route_configuration(&envoy, hcm, &mut out);
         if !is_guarded && any_guarded {
             if let Some(rc) = rc {
-                check_bypass(hcm, rc, &policy, &mut out);
+                check_bypass(hcm, rc, policy, &mut out);
             }
             continue;
         }
         let landing = match rc {
-            Some(rc) => check_routes(hcm, rc, &policy, options.host, &mut out),
+            Some(rc) => check_routes(hcm, rc, policy, options.host, &mut out),
             None => vec![Vec::new(); policy.routes.len()],
         };
-        check_websockets(hcm, &policy, &landing, &mut out);
-        check_timeouts(hcm, &policy, &landing, &mut out);
+        check_websockets(hcm, policy, &landing, &mut out);
+        check_timeouts(hcm, policy, &landing, &mut out);
+        check_egress_callers(hcm, policy, &mut out);
     }
     Ok(out.into_report(policy_source))
 }
@@ -208,7 +216,11 @@ fn choose_policy(
             return Err("no policy to check: pass --policy <policy.json>, or embed the policy in the edge_guard wasm filter's configuration".to_string())
         }
     };
+    let chosen_direction = direction_of(&chosen);
     for (label, text) in &embedded {
+        if direction_of(text.as_bytes()) != chosen_direction {
+            continue;
+        }
         if !same_json(&chosen, text.as_bytes()) {
             out.push(
                 "policy_differs",
@@ -222,6 +234,61 @@ fn choose_policy(
         }
     }
     Ok((chosen, source))
+}
+
+/// The `direction` a policy text declares (ingress when unreadable).
+fn direction_of(text: &[u8]) -> Direction {
+    crate::policy::parse(text).map_or(Direction::Ingress, |c| c.direction)
+}
+
+/// Per HCM: the policy its edge_guard filter embeds, when that policy runs
+/// in the other direction than the one checked (compiled here; a policy
+/// that does not compile is reported). `None`: check the main policy.
+fn other_direction_policies(
+    envoy: &EnvoyConfig,
+    main: &Policy,
+    out: &mut Out,
+) -> Vec<Option<Policy>> {
+    envoy
+        .hcms
+        .iter()
+        .map(|hcm| {
+            let (_, _, wasm) = edge_guard_filter(&hcm.http_filters)?;
+            let text = wasm.configuration.as_deref()?;
+            if direction_of(text.as_bytes()) == main.direction {
+                return None;
+            }
+            match Policy::from_json(text.as_bytes()) {
+                Ok(policy) => Some(policy),
+                Err(e) => {
+                    out.push(
+                        "policy_invalid",
+                        Severity::Error,
+                        None,
+                        Some(&hcm.label),
+                        format!("the policy embedded in the edge_guard filter of {} does not compile, so edge-guard would refuse it at startup: {e}", hcm.label),
+                    );
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// Egress mode reads the budget services forward in
+/// `x-envoy-expected-rq-timeout-ms`, which Envoy removes from callers it
+/// does not treat as internal before any filter runs.
+fn check_egress_callers(hcm: &Hcm, policy: &Policy, out: &mut Out) {
+    if policy.direction != Direction::Egress || hcm.internal_callers {
+        return;
+    }
+    out.push(
+        "egress_budget_header_stripped",
+        Severity::Warning,
+        None,
+        Some(&hcm.label),
+        format!("{} runs edge-guard in egress mode but has no internal_address_config, so Envoy removes the x-envoy-expected-rq-timeout-ms the services forward before edge-guard sees it and their calls get only their class (grpc-timeout still counts); set use_remote_address: true and internal_address_config.cidr_ranges to the services' addresses", hcm.label),
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -264,7 +331,7 @@ fn check_filter(hcm: &Hcm, out: &mut Out) {
             Severity::Error,
             None,
             Some(at),
-            format!("the edge_guard wasm filter in {at} has no vm_config.vm_id; edge-guard's shared state (health records, connection counts) is keyed by vm_id, so set a non-empty vm_id such as \"edge_guard\" (the same on every listener)"),
+            format!("the edge_guard wasm filter in {at} has no vm_config.vm_id; edge-guard's shared state (health records, connection counts) is keyed by vm_id, so set a non-empty vm_id such as \"edge_guard\" (the same on every edge listener; egress listeners share their own)"),
         );
     }
     let policy = wasm.failure_policy.as_deref().unwrap_or("");
@@ -434,6 +501,7 @@ fn representative_requests(
     i: usize,
     route: &Route,
 ) -> Vec<(&'static str, String)> {
+    let host = route.host.as_ref().map(|h| h.example()).unwrap_or_default();
     let methods: Vec<&'static str> = if route.websocket || route.methods.is_any() {
         vec!["GET"]
     } else {
@@ -447,7 +515,7 @@ fn representative_requests(
     let mut requests = Vec::new();
     for method in methods {
         for path in [route.prefix.clone(), sub.clone()] {
-            if policy.route_table.resolve(&path, Method::parse(method)) == RouteMatch::Route(i) {
+            if policy.resolve(&host, &path, Method::parse(method)) == RouteMatch::Route(i) {
                 requests.push((method, path));
             }
         }
@@ -492,6 +560,31 @@ fn check_routes<'c>(
 ) -> Vec<Vec<Landed<'c>>> {
     let mut landing: Vec<Vec<Landed>> = vec![Vec::new(); policy.routes.len()];
     let mut wrong_pairs: HashSet<(usize, *const EnvoyRoute)> = HashSet::new();
+    if policy.direction == Direction::Egress {
+        for (i, route) in policy.routes.iter().enumerate() {
+            let Some(pattern) = &route.host else {
+                continue;
+            };
+            match matching::virtual_host_for(rc, &pattern.example()) {
+                Some(vh) => {
+                    check_route_lands(hcm, rc, vh, policy, i, route, &mut landing, &mut wrong_pairs, out)
+                }
+                None => out.push(
+                    "route_unrouted",
+                    Severity::Error,
+                    Some(&route_label(i, route)),
+                    Some(&hcm.label),
+                    format!("no virtual host of {} accepts Host \"{}\", so Envoy answers 404 to calls to it before edge-guard applies; add a virtual host with domains [\"{}\"] routing prefix \"{}\" to cluster \"{}\"", hcm.label, pattern.as_written(), pattern.as_written(), route.prefix, route.cluster),
+                ),
+            }
+        }
+        for vh in &rc.virtual_hosts {
+            for envoy_route in &vh.routes {
+                check_envoy_route(hcm, rc, vh, envoy_route, policy, &mut wrong_pairs, out);
+            }
+        }
+        return landing;
+    }
     let Some(vh) = pick_virtual_host(hcm, rc, host, out) else {
         let why = match host {
             Some(h) => format!("no virtual host of {} accepts Host \"{h}\"", hcm.label),
@@ -510,6 +603,42 @@ fn check_routes<'c>(
     };
 
     for (i, route) in policy.routes.iter().enumerate() {
+        check_route_lands(
+            hcm,
+            rc,
+            vh,
+            policy,
+            i,
+            route,
+            &mut landing,
+            &mut wrong_pairs,
+            out,
+        );
+    }
+
+    for vh in &rc.virtual_hosts {
+        for envoy_route in &vh.routes {
+            check_envoy_route(hcm, rc, vh, envoy_route, policy, &mut wrong_pairs, out);
+        }
+    }
+    landing
+}
+
+/// Check 2 for one policy route: where Envoy sends its representative
+/// requests within virtual host `vh`.
+#[allow(clippy::too_many_arguments)]
+fn check_route_lands<'c>(
+    hcm: &Hcm,
+    rc: &'c RouteConfiguration,
+    vh: &'c VirtualHost,
+    policy: &Policy,
+    i: usize,
+    route: &Route,
+    landing: &mut [Vec<Landed<'c>>],
+    wrong_pairs: &mut HashSet<(usize, *const EnvoyRoute)>,
+    out: &mut Out,
+) {
+    {
         let label = route_label(i, route);
         let mut reported: HashSet<(&'static str, Option<usize>)> = HashSet::new();
         for (method, path) in representative_requests(policy, i, route) {
@@ -643,13 +772,6 @@ fn check_routes<'c>(
             }
         }
     }
-
-    for vh in &rc.virtual_hosts {
-        for envoy_route in &vh.routes {
-            check_envoy_route(hcm, rc, vh, envoy_route, policy, &mut wrong_pairs, out);
-        }
-    }
-    landing
 }
 
 /// An Envoy route that a policy route's requests reach, with its full name.
@@ -720,14 +842,67 @@ fn check_envoy_route(
         }
     }
     let method = required.map_or(Method::Get, Method::parse);
-    let resolved = match policy.route_table.resolve(path, method) {
+    // On egress, the host a call through this virtual host carries: one
+    // per domain, as the policy may declare them apart.
+    let mut hosts: Vec<String> = match policy.direction {
+        Direction::Ingress => vec![String::new()],
+        Direction::Egress => vh.domains.iter().map(|d| example_host(d)).collect(),
+    };
+    hosts.sort();
+    hosts.dedup();
+    for host in &hosts {
+        check_envoy_route_for(
+            hcm,
+            envoy_route,
+            policy,
+            (host, path, method, required),
+            &label,
+            &object,
+            wrong_pairs,
+            out,
+        );
+    }
+}
+
+/// A host name Envoy's virtual-host `domain` accepts.
+fn example_host(domain: &str) -> String {
+    let domain = domain.to_ascii_lowercase();
+    let domain = domain.strip_suffix(":*").unwrap_or(&domain);
+    if domain == "*" {
+        "edge-guard-check.invalid".to_string()
+    } else if let Some(suffix) = domain.strip_prefix('*') {
+        format!("edge-guard-check{suffix}")
+    } else if let Some(prefix) = domain.strip_suffix('*') {
+        format!("{prefix}edge-guard-check")
+    } else {
+        domain.to_string()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_envoy_route_for(
+    hcm: &Hcm,
+    envoy_route: &EnvoyRoute,
+    policy: &Policy,
+    (host, path, method, required): (&str, &str, Method, Option<&str>),
+    label: &str,
+    object: &str,
+    wrong_pairs: &mut HashSet<(usize, *const EnvoyRoute)>,
+    out: &mut Out,
+) {
+    let resolved = match policy.resolve(host, path, method) {
         RouteMatch::MethodNotAllowed { allowed } if required.is_none() => {
             match allowed.names().next() {
-                Some(m) => (policy.route_table.resolve(path, Method::parse(m)), m),
+                Some(m) => (policy.resolve(host, path, Method::parse(m)), m),
                 None => (RouteMatch::NotFound, "GET"),
             }
         }
         other => (other, required.unwrap_or("GET")),
+    };
+    let shown_path = if host.is_empty() {
+        path.to_string()
+    } else {
+        format!("{host}{path}")
     };
     match resolved {
         (RouteMatch::Route(j), shown_method) => {
@@ -746,9 +921,9 @@ fn check_envoy_route(
                 "route_wrong_cluster",
                 Severity::Error,
                 Some(&route_label(j, policy_route)),
-                Some(&object),
+                Some(object),
                 format!(
-                    "{label} sends {shown_method} {path} to {}, but edge-guard files it under the policy route with cluster \"{}\" and would apply that route's deadlines and health to it; add a policy route for prefix \"{path}\" with the right cluster, or fix the Envoy route",
+                    "{label} sends {shown_method} {shown_path} to {}, but edge-guard files it under the policy route with cluster \"{}\" and would apply that route's deadlines and health to it; add a policy route for prefix \"{path}\" with the right cluster, or fix the Envoy route",
                     envoy_route.action.describe(),
                     policy_route.cluster
                 ),
@@ -757,6 +932,10 @@ fn check_envoy_route(
         (RouteMatch::NotFound, shown_method)
         | (RouteMatch::MethodNotAllowed { .. }, shown_method) => {
             let (severity, consequence) = match policy.unknown_route {
+                UnknownRoute::Reject if policy.direction == Direction::Egress => (
+                    Severity::Error,
+                    "edge-guard refuses the call (destination_not_allowed)",
+                ),
                 UnknownRoute::Reject => {
                     (Severity::Error, "edge-guard rejects it (route_not_found)")
                 }
@@ -774,9 +953,9 @@ fn check_envoy_route(
                 "envoy_route_not_in_policy",
                 severity,
                 None,
-                Some(&object),
+                Some(object),
                 format!(
-                    "{label} forwards {shown_method} {path} to {} in {}, but no policy route covers it, so {consequence}; add a policy route for prefix \"{path}\" or remove the Envoy route",
+                    "{label} forwards {shown_method} {shown_path} to {} in {}, but no policy route covers it, so {consequence}; add a policy route for prefix \"{path}\" or remove the Envoy route",
                     envoy_route.action.describe(),
                     hcm.label
                 ),

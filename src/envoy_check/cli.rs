@@ -3,7 +3,7 @@
 //! Owns argument parsing, reading the files, the exit codes (0 clean or
 //! warnings only, 1 errors, 2 usage/IO/parse problems) and the output
 //! format. Never parses YAML itself: the caller passes the document parser,
-//! so this module stays free of serde_yaml.
+//! so this module stays free of serde_norway.
 
 use std::path::Path;
 

@@ -6,7 +6,7 @@
 //! (`model`), the simulation of Envoy's routing (`matching`, `regex`) and the
 //! command line of `edge-guard-validate` (`cli::run`).
 //!
-//! Must never: import `proxy_wasm` or `serde_yaml` (the binary turns YAML into
+//! Must never: import `proxy_wasm` or `serde_norway` (the binary turns YAML into
 //! a `serde_json::Value` before calling in), or run inside Envoy. It works on
 //! values only, so every check is a native unit test.
 //!
@@ -25,6 +25,8 @@
 //! - `hcm_stream_idle_timeout_short`, `hcm_request_timeout_short`,
 //!   `route_idle_timeout_short` (errors); `request_headers_timeout_missing`,
 //!   `route_timeout_short` (warnings).
+//! - `egress_budget_header_stripped` (warning): an egress-mode listener
+//!   without `internal_address_config`, so Envoy drops the forwarded budget.
 //! - `route_config_missing` (error for a config_dump, warning for a
 //!   bootstrap), `route_config_not_simulated`, `envoy_dynamic`,
 //!   `envoy_unreadable` (warnings).
@@ -36,6 +38,8 @@ pub mod model;
 mod regex;
 pub mod reload;
 
+#[cfg(test)]
+mod egress_tests;
 #[cfg(test)]
 mod tests;
 

@@ -51,6 +51,10 @@ pub struct Hcm {
     pub max_stream_duration: Option<Millis>,
     /// The HCM's `upgrade_configs` entry for `websocket`, if any.
     pub websocket: Option<Upgrade>,
+    /// `internal_address_config.cidr_ranges` is set: Envoy keeps the
+    /// `x-envoy-*` headers of callers in those ranges (egress mode needs the
+    /// forwarded `x-envoy-expected-rq-timeout-ms`).
+    pub internal_callers: bool,
 }
 
 impl Hcm {
@@ -560,6 +564,8 @@ fn read_hcm(config: &Value, label: String, reader: &mut Reader) -> Hcm {
         request_timeout: reader.duration(config, "request_timeout", &label),
         request_headers_timeout: reader.duration(config, "request_headers_timeout", &label),
         max_stream_duration: reader.duration(&protocol, "max_stream_duration", &label),
+        internal_callers: field(config, "internal_address_config")
+            .is_some_and(|c| array(c, "cidr_ranges").next().is_some()),
         label,
         http_filters,
         routes,

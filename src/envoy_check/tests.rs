@@ -613,7 +613,7 @@ fn fixture(name: &str) -> String {
 fn parse_envoy(text: &str) -> Result<Value, String> {
     #[cfg(feature = "cli")]
     {
-        let yaml: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        let yaml: serde_norway::Value = serde_norway::from_str(text).map_err(|e| e.to_string())?;
         serde_json::to_value(yaml).map_err(|e| e.to_string())
     }
     #[cfg(not(feature = "cli"))]
@@ -705,6 +705,13 @@ mod yaml_fixtures {
     #[test]
     fn shipped_config_validates_clean() {
         assert_validates_clean("envoy/envoy.yaml", "envoy/policy.json");
+    }
+
+    /// The egress listener's policy (envoy/egress-policy.json, embedded in
+    /// its filter: a different one would be a policy_differs warning).
+    #[test]
+    fn shipped_egress_policy_validates_clean() {
+        assert_validates_clean("envoy/envoy.yaml", "envoy/egress-policy.json");
     }
 
     /// envoy/envoy.yaml embeds the policy; envoy/policy.json is the same

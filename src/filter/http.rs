@@ -14,7 +14,9 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType};
 
+use crate::budget;
 use crate::deadline::{header_value, Deadline, DeadlineHit, Phase};
+use crate::egress;
 use crate::headers::RequestHead;
 use crate::policy::{Identity, OnMismatch, Route, TimeoutClass, UnknownRoute};
 use crate::reply::{error_body, ErrorCode, LocalReply};
@@ -191,14 +193,22 @@ impl EdgeGuardHttp {
         end_of_stream: bool,
     ) -> Action {
         remove_client_deadline_headers(head);
+        let direction = self.worker.policy.direction;
         let now = host::now_ms();
+        let Some(deadline) = budget::deadline_for(direction, class, head.inherited, now) else {
+            if let Some(m) = route.and_then(|r| self.worker.metrics.route(r)) {
+                metrics::increment(m.deadline_hit(DeadlineHit::UpstreamTimeout), 1);
+            }
+            return self.reject(ErrorCode::UpstreamTimeout, budget::SPENT_MESSAGE, None);
+        };
         self.worker.now_ms.set(now);
         self.started_ms = now;
-        let deadline = Deadline::start(class, now);
-        host::set_request_header(
-            ROUTER_TIMEOUT_HEADER,
-            Some(&header_value(deadline.upstream_budget(now))),
-        );
+        let upstream_budget = deadline.upstream_budget(now);
+        host::set_request_header(ROUTER_TIMEOUT_HEADER, Some(&header_value(upstream_budget)));
+        if let Some(value) = budget::grpc_timeout_for(direction, head.grpc_timeout, upstream_budget)
+        {
+            host::set_request_header("grpc-timeout", Some(&value));
+        }
         if !end_of_stream {
             let watched = Rc::new(std::cell::RefCell::new(Watched {
                 route,
@@ -556,7 +566,8 @@ impl HttpContext for EdgeGuardHttp {
         if endpoints::answer(&worker, path_only, method) {
             return Action::Pause;
         }
-        match policy.route_table.resolve(path, method) {
+        let authority = head.authority.as_deref().unwrap_or_default();
+        match policy.resolve(authority, path, method) {
             RouteMatch::Route(id) => self.on_route(id, &head, method, end_of_stream),
             RouteMatch::MethodNotAllowed { allowed } => self.reject(
                 ErrorCode::MethodNotAllowed,
@@ -572,11 +583,11 @@ impl HttpContext for EdgeGuardHttp {
                     Some(class) => self.start_deadline(None, &head, class, end_of_stream),
                     None => Action::Continue,
                 },
-                UnknownRoute::Reject => self.reject(
-                    ErrorCode::RouteNotFound,
-                    &format!("no route for {path_only}"),
-                    None,
-                ),
+                UnknownRoute::Reject => {
+                    let (code, message) =
+                        egress::undeclared(policy.direction, authority, path_only);
+                    self.reject(code, &message, None)
+                }
             },
         }
     }

@@ -12,14 +12,16 @@
 //! - `edge_guard.websocket.active` gauge (whole instance)
 //! - `edge_guard.vm.failures` counter (VM generations declared dead by the
 //!   reaper) and `edge_guard.websocket.reclaimed` counter (their slots given back)
-//! - `edge_guard.rejected.<error code>` counters
+//! - `edge_guard.rejected.<error code>` counters (`destination_not_allowed` on egress)
 //! - `edge_guard.cluster.<cluster>.healthy` gauge (1/0), `...probes`, `...probe_failures` counters
+//!
+//! An egress-mode filter uses `edge_guard.egress.` instead of `edge_guard.`.
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
 use crate::deadline::DeadlineHit;
-use crate::policy::Policy;
+use crate::policy::{Direction, Policy};
 use crate::reply::ErrorCode;
 use crate::websocket::monitor::CloseReason;
 
@@ -87,11 +89,12 @@ const WS_REJECTIONS: [ErrorCode; 3] = [
     ErrorCode::IdentityRequired,
 ];
 
-const REJECTIONS: [ErrorCode; 4] = [
+const REJECTIONS: [ErrorCode; 5] = [
     ErrorCode::RouteNotFound,
     ErrorCode::MethodNotAllowed,
     ErrorCode::RouteMismatch,
     ErrorCode::UpstreamUnhealthy,
+    ErrorCode::DestinationNotAllowed,
 ];
 
 #[derive(Debug, Default)]
@@ -144,17 +147,24 @@ pub struct Metrics {
     pub ws_active: MetricId,
     pub vm_failures: MetricId,
     pub ws_reclaimed: MetricId,
-    rejected: [MetricId; 4],
+    rejected: [MetricId; 5],
 }
 
 impl Metrics {
     pub fn define(policy: &Policy) -> Metrics {
+        // Stats are one namespace per Envoy process: an egress filter's
+        // metrics live under their own prefix, so an egress route may share
+        // a name with an edge route.
+        let root = match policy.direction {
+            Direction::Ingress => "edge_guard",
+            Direction::Egress => "edge_guard.egress",
+        };
         let routes = policy
             .routes
             .iter()
             .map(|route| {
                 let class = policy.class_of(route).map_or("none", |c| c.name.as_str());
-                let base = format!("edge_guard.route.{}", route.name);
+                let base = format!("{root}.route.{}", route.name);
                 let with_class = format!("{base}.class.{class}");
                 let mut metrics = RouteMetrics {
                     request_timeout: define(
@@ -195,7 +205,7 @@ impl Metrics {
             .clusters
             .iter()
             .map(|cluster| {
-                let base = format!("edge_guard.cluster.{}", sanitise(&cluster.name));
+                let base = format!("{root}.cluster.{}", sanitise(&cluster.name));
                 ClusterMetrics {
                     healthy: define(MetricType::Gauge, &format!("{base}.healthy")),
                     probes: define(MetricType::Counter, &format!("{base}.probes")),
@@ -203,19 +213,19 @@ impl Metrics {
                 }
             })
             .collect();
-        let mut rejected = [MetricId::default(); 4];
+        let mut rejected = [MetricId::default(); 5];
         for (slot, code) in rejected.iter_mut().zip(REJECTIONS) {
             *slot = define(
                 MetricType::Counter,
-                &format!("edge_guard.rejected.{}", code.as_str()),
+                &format!("{root}.rejected.{}", code.as_str()),
             );
         }
         Metrics {
             routes,
             clusters,
-            ws_active: define(MetricType::Gauge, "edge_guard.websocket.active"),
-            vm_failures: define(MetricType::Counter, "edge_guard.vm.failures"),
-            ws_reclaimed: define(MetricType::Counter, "edge_guard.websocket.reclaimed"),
+            ws_active: define(MetricType::Gauge, &format!("{root}.websocket.active")),
+            vm_failures: define(MetricType::Counter, &format!("{root}.vm.failures")),
+            ws_reclaimed: define(MetricType::Counter, &format!("{root}.websocket.reclaimed")),
             rejected,
         }
     }

@@ -294,15 +294,20 @@ impl EdgeGuardRoot {
 
 fn log_routing_table(policy: &Policy) {
     log::info!(
-        "edge-guard {VERSION}: {} routes, unknown_route={:?}, status at {}",
+        "edge-guard {VERSION}: {} routes, unknown_route={:?}, status at {}, direction {}",
         policy.routes.len(),
         policy.unknown_route,
-        policy.status.path
+        policy.status.path,
+        policy.direction.as_str()
     );
     for route in &policy.routes {
         log::info!(
-            "edge-guard route {}: prefix={} methods={} cluster={} class={} websocket={}",
+            "edge-guard route {}: {}prefix={} methods={} cluster={} class={} websocket={}",
             route.name,
+            route
+                .host
+                .as_ref()
+                .map_or(String::new(), |h| format!("host={} ", h.as_written())),
             route.prefix,
             if route.methods.is_any() {
                 "*".to_string()

@@ -16,6 +16,8 @@ use super::ConfigError;
 
 #[derive(Debug, Clone)]
 pub struct PolicyConfig {
+    /// `"ingress"` (default): the edge; `"egress"`: services' outbound calls.
+    pub direction: Direction,
     pub routes: Vec<RouteConfig>,
     pub unknown_route: UnknownRoute,
     pub timeouts: TimeoutsConfig,
@@ -30,7 +32,10 @@ pub struct PolicyConfig {
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
     pub name: String,
-    pub prefix: String,
+    /// Required on ingress; `/` by default on egress.
+    pub prefix: Option<String>,
+    /// Egress only (and required there): the destination host.
+    pub host: Option<String>,
     pub cluster: String,
     pub methods: Option<Vec<String>>,
     pub timeout: Option<String>,
@@ -39,6 +44,23 @@ pub struct RouteConfig {
     pub max_connections: Option<u32>,
     /// Overrides `health_checks.path` for this route's cluster.
     pub health_check_path: Option<String>,
+}
+
+/// Where the filter runs: in front of the services, or on their way out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Direction {
+    #[default]
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -387,6 +409,7 @@ impl PolicyConfig {
             value,
             "",
             &[
+                "direction",
                 "routes",
                 "unknown_route",
                 "timeouts",
@@ -408,6 +431,15 @@ impl PolicyConfig {
             .map(|(i, route)| RouteConfig::from_value(route, &format!("routes[{i}]")))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(PolicyConfig {
+            direction: f
+                .choice(
+                    "direction",
+                    &[
+                        ("ingress", Direction::Ingress),
+                        ("egress", Direction::Egress),
+                    ],
+                )?
+                .unwrap_or_default(),
             routes,
             unknown_route: f
                 .choice(
@@ -473,6 +505,7 @@ impl RouteConfig {
             path,
             &[
                 "name",
+                "host",
                 "prefix",
                 "cluster",
                 "methods",
@@ -484,7 +517,8 @@ impl RouteConfig {
         )?;
         Ok(RouteConfig {
             name: f.required("name", Fields::string)?,
-            prefix: f.required("prefix", Fields::string)?,
+            prefix: f.string("prefix")?,
+            host: f.string("host")?,
             cluster: f.required("cluster", Fields::string)?,
             methods: f.strings("methods")?,
             timeout: f.string("timeout")?,

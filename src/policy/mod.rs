@@ -13,10 +13,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 pub use cidr::Cidr;
-pub use config::{OnMismatch, PolicyConfig, UnknownRoute};
+pub use config::{Direction, OnMismatch, PolicyConfig, UnknownRoute};
 pub use duration::Millis;
 
-use crate::routing::{normalise_prefix, Method, MethodSet, RouteTable};
+use crate::egress::{parse_host_pattern, DestinationTable, HostPattern};
+use crate::routing::{normalise_prefix, Method, MethodSet, RouteMatch, RouteTable};
 use config::{IdentityConfig, TimeoutClassConfig};
 
 /// A refused policy: where, what, and the fix, in one line.
@@ -53,6 +54,8 @@ impl std::error::Error for ConfigError {}
 #[derive(Debug, Clone)]
 pub struct Route {
     pub name: String,
+    /// Egress routes only: the destination host.
+    pub host: Option<HostPattern>,
     pub prefix: String,
     pub methods: MethodSet,
     pub cluster: String,
@@ -136,8 +139,12 @@ pub struct Cluster {
 /// The compiled, immutable policy.
 #[derive(Debug)]
 pub struct Policy {
+    pub direction: Direction,
     pub routes: Vec<Route>,
+    /// Ingress: the routes by prefix (empty on egress).
     pub route_table: RouteTable,
+    /// Egress: the routes by destination host, then prefix (empty on ingress).
+    pub destinations: DestinationTable,
     pub unknown_route: UnknownRoute,
     pub timeout_classes: Vec<TimeoutClass>,
     /// Index into `timeout_classes`: routes without `timeout`, and requests
@@ -164,6 +171,15 @@ impl Policy {
 
     pub fn route(&self, id: usize) -> Option<&Route> {
         self.routes.get(id)
+    }
+
+    /// The declared route of a request: by path on ingress, by destination
+    /// host (`:authority`) then path on egress.
+    pub fn resolve(&self, authority: &str, path: &str, method: Method) -> RouteMatch {
+        match self.direction {
+            Direction::Ingress => self.route_table.resolve(path, method),
+            Direction::Egress => self.destinations.resolve(authority, path, method),
+        }
     }
 
     pub fn class_of(&self, route: &Route) -> Option<&TimeoutClass> {
@@ -249,8 +265,33 @@ pub fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
                 format!("duplicate route name \"{}\" (also routes[{first}]); give every route a unique name", rc.name),
             ));
         }
-        let prefix = normalise_prefix(&rc.prefix).map_err(|why| {
-            ConfigError::new(at("prefix"), format!("prefix \"{}\" {why}", rc.prefix))
+        let host = match (config.direction, &rc.host) {
+            (Direction::Ingress, None) => None,
+            (Direction::Ingress, Some(_)) => {
+                return Err(ConfigError::new(
+                    at("host"),
+                    "host is for egress policies (a destination of the services' outbound calls); remove it, or set \"direction\": \"egress\" at the top of the policy",
+                ))
+            }
+            (Direction::Egress, None) => {
+                return Err(ConfigError::new(
+                    at("host"),
+                    "missing field `host`: every egress route names its destination host, e.g. \"host\": \"sms.example.com\" or \"*.example.com\"",
+                ))
+            }
+            (Direction::Egress, Some(text)) => Some(
+                parse_host_pattern(text).map_err(|why| ConfigError::new(at("host"), why))?,
+            ),
+        };
+        let prefix_text = match (&rc.prefix, config.direction) {
+            (Some(prefix), _) => prefix.as_str(),
+            (None, Direction::Egress) => "/",
+            (None, Direction::Ingress) => {
+                return Err(ConfigError::new(at("prefix"), "missing field `prefix`"))
+            }
+        };
+        let prefix = normalise_prefix(prefix_text).map_err(|why| {
+            ConfigError::new(at("prefix"), format!("prefix \"{prefix_text}\" {why}"))
         })?;
         if rc.cluster.is_empty() {
             return Err(ConfigError::new(
@@ -280,7 +321,11 @@ pub fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
                 set
             }
         };
-        let others = by_prefix.entry(prefix.clone()).or_default();
+        let destination = match &host {
+            Some(h) => format!("{}{prefix}", h.as_written()),
+            None => prefix.clone(),
+        };
+        let others = by_prefix.entry(destination.clone()).or_default();
         if let Some(&other) = others.iter().find(|&&o| {
             routes
                 .get(o)
@@ -289,7 +334,7 @@ pub fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
             return Err(ConfigError::new(
                 at("prefix"),
                 format!(
-                    "prefix \"{prefix}\" with these methods is already taken by routes[{other}]; use a different prefix or disjoint methods"
+                    "prefix \"{prefix}\" with these methods is already taken by routes[{other}] ({destination}); use a different prefix or disjoint methods"
                 ),
             ));
         }
@@ -354,8 +399,15 @@ pub fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
             health_path_set_by.insert(rc.cluster.clone(), i);
             cluster.health_path = path.clone();
         }
+        if host.is_some() && rc.websocket {
+            return Err(ConfigError::new(
+                at("websocket"),
+                "WebSocket limits apply at the edge; remove \"websocket\" from egress routes",
+            ));
+        }
         routes.push(Route {
             name: rc.name.clone(),
+            host,
             prefix,
             methods,
             cluster: rc.cluster.clone(),
@@ -380,11 +432,26 @@ pub fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
     let health = compile_health(config)?;
     let health_endpoint = compile_health_endpoint(config, &status, &routes)?;
     let drain_period = compile_drain_period(config)?;
-    let route_table = RouteTable::build(routes.iter().map(|r| (r.prefix.as_str(), r.methods)));
+    let (route_table, destinations) = match config.direction {
+        Direction::Ingress => (
+            RouteTable::build(routes.iter().map(|r| (r.prefix.as_str(), r.methods))),
+            DestinationTable::default(),
+        ),
+        Direction::Egress => (
+            RouteTable::build(std::iter::empty()),
+            DestinationTable::build(
+                routes
+                    .iter()
+                    .filter_map(|r| Some((r.host.as_ref()?, r.prefix.as_str(), r.methods))),
+            ),
+        ),
+    };
 
     Ok(Policy {
+        direction: config.direction,
         routes,
         route_table,
+        destinations,
         unknown_route: config.unknown_route,
         timeout_classes,
         default_class,

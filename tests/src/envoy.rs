@@ -764,6 +764,52 @@ fn policy_routes(policy: &Policy) -> Vec<(String, String, String, bool)> {
     routes
 }
 
+/// For an egress policy (`"direction": "egress"`): one virtual host per
+/// declared `host` (an exact host also matches it with any port), with a
+/// route per prefix (longest first) to the route's cluster. `None` for an
+/// ingress policy.
+fn egress_virtual_hosts(policy: &Policy) -> Option<String> {
+    let json = serde_json::from_str::<Value>(&policy.0).ok()?;
+    if json["direction"] != "egress" {
+        return None;
+    }
+    let mut hosts: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for r in json["routes"].as_array().into_iter().flatten() {
+        let (Some(host), Some(cluster)) = (r["host"].as_str(), r["cluster"].as_str()) else {
+            continue;
+        };
+        let prefix = r["prefix"].as_str().unwrap_or("/").to_string();
+        hosts
+            .entry(host.to_ascii_lowercase())
+            .or_default()
+            .push((prefix, cluster.to_string()));
+    }
+    let mut y = String::new();
+    for (i, (host, mut routes)) in hosts.into_iter().enumerate() {
+        let domains = if host.starts_with("*.") {
+            q(&host)
+        } else {
+            format!("{}, {}", q(&host), q(&format!("{host}:*")))
+        };
+        let _ = writeln!(y, "            - name: egress_{i}");
+        let _ = writeln!(y, "              domains: [{domains}]");
+        let _ = writeln!(y, "              routes:");
+        routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        for (prefix, cluster) in routes {
+            let _ = writeln!(y, "              - match: {{prefix: {}}}", q(&prefix));
+            let _ = writeln!(
+                y,
+                "                route: {{cluster: {}, timeout: 300s}}",
+                q(&cluster)
+            );
+        }
+    }
+    if y.is_empty() {
+        y.push_str("            []\n");
+    }
+    Some(y)
+}
+
 fn render_bootstrap(b: &EnvoyBuilder, wasm: Option<&PathBuf>) -> String {
     let routes = policy_routes(&b.policy);
     let mut y = String::new();
@@ -794,13 +840,17 @@ static_resources:
           route_config:
             name: edge_routes
             virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
 "#
         .replace("LISTENER_PORT", &b.listener_port.to_string()),
     );
+    let egress = egress_virtual_hosts(&b.policy);
+    if b.routes_yaml.is_some() || egress.is_none() {
+        y.push_str(
+            "            - name: all\n              domains: [\"*\"]\n              routes:\n",
+        );
+    }
     match &b.routes_yaml {
+        None if egress.is_some() => y.push_str(&egress.unwrap_or_default()),
         Some(custom) => y.push_str(&indent(custom, 14)),
         None if routes.is_empty() => y.push_str("              []\n"),
         None => {
@@ -897,7 +947,23 @@ static_resources:
             })
         })
         .collect();
-    for (_, _, cluster, _) in &routes {
+    let egress_clusters: Vec<String> = serde_json::from_str::<Value>(&b.policy.0)
+        .ok()
+        .filter(|p| p["direction"] == "egress")
+        .map(|p| {
+            p["routes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r["cluster"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    for cluster in routes
+        .iter()
+        .map(|(_, _, cluster, _)| cluster)
+        .chain(&egress_clusters)
+    {
         if defined.contains(cluster)
             || extra_names.contains(cluster)
             || !defined.insert(cluster.clone())

@@ -28,6 +28,7 @@ pub mod net;
 pub mod paths;
 pub mod process;
 pub mod scripts;
+pub mod tools;
 pub mod upstream;
 pub mod ws;
 

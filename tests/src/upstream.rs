@@ -89,6 +89,16 @@ impl Upstream {
     pub fn ws_open(&self) -> i64 {
         self.stats()["ws_open"].as_i64().unwrap_or(-1)
     }
+    /// Sends this service's outbound calls (`<path>/__call/<host>/<rest>`)
+    /// through the egress proxy at `addr` (`POST /__control/egress`).
+    pub fn set_egress(&self, addr: SocketAddr) {
+        let resp = self.request(Request::post(&format!("/__control/egress?addr={addr}")));
+        assert_eq!(resp.status, 200, "setting the egress proxy: {resp:?}");
+    }
+    /// `x-envoy-expected-rq-timeout-ms` of the last request served, if it had one.
+    pub fn last_budget_ms(&self) -> Option<u64> {
+        self.stats()["last_budget_ms"].as_u64()
+    }
     /// Requests served (everything but `/__control/*`).
     pub fn requests(&self) -> u64 {
         self.stats()["requests"].as_u64().unwrap_or(0)
