@@ -266,6 +266,8 @@ edge-guard demo stack is up (logs in $RUN_DIR/):
   status     http://127.0.0.1:10000/.edge-guard/status
   admin      http://127.0.0.1:9901       e.g. curl -s http://127.0.0.1:9901/stats/prometheus | grep edge_guard
   websocket  ws://127.0.0.1:10000/ws/events  (send header x-user-id)
+  policy     edit envoy/policy.json, then ./build.sh reload (applied live through ECDS; open WebSockets stay)
+  health     http://127.0.0.1:10000/.edge-guard/health   (POST .../.edge-guard/status/drain drains the instance)
   egress     http://$EGRESS_ADDR  the services' outbound calls, e.g.
              curl -s http://127.0.0.1:10000/api/bookings/1/__call/sms.example.com/v1/send?delay_ms=20000
 Ctrl-C stops everything.

@@ -85,6 +85,9 @@ pub struct HttpFilter {
     pub kind: FilterKind,
     /// `disabled: true`: the filter only runs where a route enables it.
     pub disabled: bool,
+    /// Configured through ECDS and read from a bootstrap: `kind` is only the
+    /// `default_config`, which serves until the ECDS resource arrives.
+    pub ecds_default: bool,
 }
 
 #[derive(Debug)]
@@ -593,6 +596,7 @@ fn read_http_filter(filter: &Value) -> HttpFilter {
         kind: filter_kind(&name, type_url, typed),
         name,
         disabled: bool_field(filter, "disabled").unwrap_or(false),
+        ecds_default: default.is_some(),
     }
 }
 
@@ -616,6 +620,7 @@ fn apply_ecds(hcms: &mut [Hcm], ecds: &[(String, Value)]) {
         if let Some((_, typed)) = ecds.iter().find(|(name, _)| *name == filter.name) {
             let type_url = str_field(typed, "@type").unwrap_or_default();
             filter.kind = filter_kind(&filter.name, type_url, typed);
+            filter.ecds_default = false;
         }
     }
 }

@@ -89,6 +89,17 @@ pub fn ecds_resource(envoy_doc: &Value, policy: &str) -> Result<Value, String> {
     }))
 }
 
+/// The policy in the `default_config` of the edge-guard filter configured
+/// through ECDS in `envoy_doc` (what serves until the ECDS resource arrives).
+pub fn ecds_default_policy(envoy_doc: &Value) -> Option<String> {
+    let (_, default) = find_discovered_edge_guard(envoy_doc)?;
+    let configuration = default.get("config")?.get("configuration")?;
+    match configuration {
+        Value::String(text) => Some(text.clone()),
+        other => other.get("value")?.as_str().map(str::to_string),
+    }
+}
+
 /// (filter name, default_config) of the first HTTP filter anywhere in the
 /// document whose `config_discovery.default_config` is edge-guard's Wasm.
 fn find_discovered_edge_guard(v: &Value) -> Option<(String, &Value)> {
