@@ -124,10 +124,7 @@ ensure_python_websockets() {
 NODE_DIR="$ROOT/demo/socketio"
 ensure_node_deps() {
   if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-    log "installing nodejs and npm from Debian"
-    if ! apt-get install -y -q nodejs npm >/dev/null 2>&1; then
-      apt-get update -q >/dev/null && apt-get install -y -q nodejs npm >/dev/null
-    fi
+    apt_install nodejs npm
   fi
   if cmp -s "$NODE_DIR/package-lock.json" "$NODE_DIR/node_modules/.edge-guard-lock"; then
     return
@@ -232,6 +229,7 @@ run_wait_any() {
 
 cmd_run() {
   ensure_envoy
+  ensure_node_deps
   build_wasm
   build_demo
   mkdir -p "$RUN_DIR"
@@ -245,6 +243,9 @@ cmd_run() {
   for svc in $DEMO_SERVICES; do
     run_start "${svc%%:*}" "$ROOT/target/release/demo-upstream" --listen "127.0.0.1:${svc##*:}" --name "${svc%%:*}"
   done
+  # The socket.io service behind the events_live route (engine_io).
+  run_start event_live_service env PORT=18088 SIO_PATH=/ws/events/socket.io NAME=event_live_service \
+    node "$NODE_DIR/server.js"
   run_start envoy "$VENV/bin/envoy" -c envoy/envoy.yaml --concurrency 2
   for _ in $(seq 1 100); do
     curl -fsS http://127.0.0.1:9901/ready >/dev/null 2>&1 && break
@@ -270,6 +271,7 @@ edge-guard demo stack is up (logs in $RUN_DIR/):
   health     http://127.0.0.1:10000/.edge-guard/health   (POST .../.edge-guard/status/drain drains the instance)
   egress     http://$EGRESS_ADDR  the services' outbound calls, e.g.
              curl -s http://127.0.0.1:10000/api/bookings/1/__call/sms.example.com/v1/send?delay_ms=20000
+  socket.io  http://127.0.0.1:10000, path /ws/events/socket.io  (extraHeaders x-user-id)
 Ctrl-C stops everything.
 EOF2
   run_wait_any

@@ -18,6 +18,8 @@ pub enum ErrorCode {
     IdentityRequired,
     RouteMismatch,
     UpstreamUnhealthy,
+    TransportNotAllowed,
+    EngineIoBadRequest,
     DestinationNotAllowed,
 }
 
@@ -33,6 +35,8 @@ impl ErrorCode {
             ErrorCode::IdentityRequired => "identity_required",
             ErrorCode::RouteMismatch => "route_mismatch",
             ErrorCode::UpstreamUnhealthy => "upstream_unhealthy",
+            ErrorCode::TransportNotAllowed => "transport_not_allowed",
+            ErrorCode::EngineIoBadRequest => "engine_io_bad_request",
             ErrorCode::DestinationNotAllowed => "destination_not_allowed",
         }
     }
@@ -48,6 +52,7 @@ impl ErrorCode {
             ErrorCode::IdentityRequired => 401,
             ErrorCode::RouteMismatch => 502,
             ErrorCode::UpstreamUnhealthy => 503,
+            ErrorCode::TransportNotAllowed | ErrorCode::EngineIoBadRequest => 400,
             ErrorCode::DestinationNotAllowed => 403,
         }
     }
@@ -133,6 +138,8 @@ mod tests {
             (ErrorCode::IdentityRequired, 401),
             (ErrorCode::RouteMismatch, 502),
             (ErrorCode::UpstreamUnhealthy, 503),
+            (ErrorCode::TransportNotAllowed, 400),
+            (ErrorCode::EngineIoBadRequest, 400),
             (ErrorCode::DestinationNotAllowed, 403),
         ];
         for (code, status) in expected {

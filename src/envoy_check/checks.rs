@@ -86,6 +86,15 @@ pub fn validate(envoy_doc: &Value, options: &Options) -> Result<Report, String> 
     let Some(policy) = policy else {
         return Ok(out.into_report(policy_source));
     };
+    for w in &policy.warnings {
+        out.push(
+            w.id,
+            Severity::Warning,
+            Some(&w.route),
+            None,
+            w.message.clone(),
+        );
+    }
     // An HCM whose filter embeds a policy of the other direction (the
     // egress listener next to the edge one) is checked against its own.
     let own = other_direction_policies(&envoy, &policy, &mut out);

@@ -856,3 +856,21 @@ mod yaml_fixtures {
         }
     }
 }
+
+#[test]
+fn a_short_class_on_a_socket_io_route_without_engine_io_is_a_warning() {
+    let mut p = policy();
+    p["routes"][1]["prefix"] = json!("/ws/events/socket.io");
+    p["timeouts"]["classes"]["standard"] = json!("5s");
+    let mut envoy = good();
+    hcm_of(&mut envoy)["route_config"]["virtual_hosts"][0]["routes"][1]["match"]["prefix"] =
+        json!("/ws/events/socket.io");
+    let report = check(&envoy, &p);
+    let finding = only(&report, "engine_io_missing");
+    assert_eq!(finding.severity, Severity::Warning);
+    assert_eq!(finding.policy_route.as_deref(), Some("events"));
+    assert!(finding.message.contains("engine_io"), "{}", finding.message);
+    // With engine_io the warning goes.
+    p["routes"][1]["engine_io"] = json!({});
+    assert!(findings(&check(&envoy, &p), "engine_io_missing").is_empty());
+}

@@ -24,10 +24,12 @@ use crate::routing::{Method, RouteMatch};
 use crate::websocket::compression;
 use crate::websocket::frame::ChunkSource;
 use crate::websocket::monitor::{close_frame, ConnectionMonitor, Direction, Verdict};
-use crate::websocket::slots::{AdmissionRequest, Rejection};
+use crate::websocket::slots::{self, AdmissionRequest, Rejection};
 
 use super::endpoints;
 use super::host::{self, HostStore};
+
+pub(super) mod engine_io;
 use super::metrics;
 use super::worker::{WatchKind, Watched, WatchedRef, WebSocketStream, Worker, WsPhase};
 
@@ -59,6 +61,8 @@ pub struct EdgeGuardHttp {
     /// `x-request-id`, kept from the request headers: Envoy 1.40 gives no
     /// access to request headers (nor `request.id`) in later callbacks.
     request_id: Option<String>,
+    /// What this stream is to an Engine.IO session, on `engine_io` routes.
+    engine_io: Option<engine_io::EioStream>,
 }
 
 impl EdgeGuardHttp {
@@ -71,6 +75,7 @@ impl EdgeGuardHttp {
             watched: None,
             rewrite_timeout_body: false,
             request_id: None,
+            engine_io: None,
         }
     }
 
@@ -170,16 +175,45 @@ impl EdgeGuardHttp {
         let Some(class) = policy.class_of(route) else {
             return Action::Continue;
         };
+        if let Some(eio) = &route.engine_io {
+            return self.on_engine_io_request(
+                (id, route, class),
+                eio,
+                head,
+                upgrade,
+                end_of_stream,
+            );
+        }
         if upgrade {
-            remove_client_deadline_headers(head);
-            // The class bounds the upgrade only; Envoy's router timeout would
-            // otherwise also bound the established connection.
-            host::set_request_header(ROUTER_TIMEOUT_HEADER, None);
-            let now = host::now_ms();
-            worker.now_ms.set(now);
-            return self.admit_websocket(id, route, Deadline::start(class, now), now);
+            return self.upgrade(id, route, class, head, None);
         }
         self.start_deadline(Some(id), head, class, end_of_stream)
+    }
+
+    /// An upgrade: admitted against the limits, or carrying the slot it took
+    /// over (`held`: an Engine.IO session's).
+    fn upgrade(
+        &mut self,
+        id: usize,
+        route: &Route,
+        class: &TimeoutClass,
+        head: &RequestHead,
+        held: Option<slots::Admission>,
+    ) -> Action {
+        remove_client_deadline_headers(head);
+        // The class bounds the upgrade only; Envoy's router timeout would
+        // otherwise also bound the established connection.
+        host::set_request_header(ROUTER_TIMEOUT_HEADER, None);
+        let now = host::now_ms();
+        self.worker.now_ms.set(now);
+        let admission = match held {
+            Some(admission) => admission,
+            None => match self.acquire_slot(id, route) {
+                Ok(admission) => admission,
+                Err(action) => return action,
+            },
+        };
+        self.open_websocket(id, admission, Deadline::start(class, now), now)
     }
 
     /// Starts the exchange's deadline: the router gets the upstream's budget
@@ -243,13 +277,9 @@ impl EdgeGuardHttp {
         .filter(|id| !id.is_empty())
     }
 
-    fn admit_websocket(
-        &mut self,
-        id: usize,
-        route: &Route,
-        deadline: Deadline,
-        now: u64,
-    ) -> Action {
+    /// Takes a slot against the instance, route and user limits, or answers
+    /// the request with the documented error.
+    fn acquire_slot(&mut self, id: usize, route: &Route) -> Result<slots::Admission, Action> {
         let worker = Rc::clone(&self.worker);
         let ws = &worker.policy.websocket;
         let route_metrics = worker.metrics.route(id);
@@ -258,11 +288,11 @@ impl EdgeGuardHttp {
             if let Some(m) = route_metrics {
                 metrics::increment(m.ws_rejected(ErrorCode::IdentityRequired), 1);
             }
-            return self.reject(
+            return Err(self.reject(
                 ErrorCode::IdentityRequired,
                 "this WebSocket route needs an authenticated user",
                 None,
-            );
+            ));
         }
         let request = AdmissionRequest {
             route: &route.name,
@@ -302,9 +332,21 @@ impl EdgeGuardHttp {
                 if let Some(m) = route_metrics {
                     metrics::increment(m.ws_rejected(code), 1);
                 }
-                return self.reject(code, message, retry);
+                return Err(self.reject(code, message, retry));
             }
         };
+        Ok(admission)
+    }
+
+    fn open_websocket(
+        &mut self,
+        id: usize,
+        admission: slots::Admission,
+        deadline: Deadline,
+        now: u64,
+    ) -> Action {
+        let worker = Rc::clone(&self.worker);
+        let ws = &worker.policy.websocket;
         if !compression::keep_offer(&ws.connection) {
             // max_message_bytes counts real message bytes: nothing compressed.
             host::set_request_header("sec-websocket-extensions", None);
@@ -435,6 +477,9 @@ impl EdgeGuardHttp {
             ) {
                 ws.monitor.allow_compressed_messages();
             }
+            if self.engine_io.is_some() {
+                ws.monitor.count_engine_io_data_only();
+            }
             let limits = &self.worker.policy.websocket.connection;
             if let Some(due) = ws.monitor.next_timer_due(limits).or(ws.drain_at_ms) {
                 // The tick reschedules the later of the two.
@@ -539,6 +584,7 @@ impl ChunkSource for HostChunk {
 impl Context for EdgeGuardHttp {
     fn on_done(&mut self) -> bool {
         self.finish();
+        self.engine_io_done();
         true
     }
 }
@@ -546,6 +592,7 @@ impl Context for EdgeGuardHttp {
 impl Drop for EdgeGuardHttp {
     fn drop(&mut self) {
         self.finish();
+        self.engine_io_done();
     }
 }
 
@@ -627,6 +674,9 @@ impl HttpContext for EdgeGuardHttp {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.engine_io.is_some() {
+            self.engine_io_response_headers();
+        }
         if let Some(watched) = self.watched.clone() {
             let release = {
                 let mut w = watched.borrow_mut();
@@ -696,6 +746,9 @@ impl HttpContext for EdgeGuardHttp {
             host::replace_body(BufferType::HttpResponseBody, 0, body_size, body.as_bytes());
             return Action::Continue;
         }
+        if self.engine_io.is_some() {
+            self.engine_io_response_body(body_size, end_of_stream);
+        }
         if self.watched.is_some() {
             return self.on_websocket_chunk(Direction::UpstreamToClient, body_size);
         }
@@ -704,6 +757,7 @@ impl HttpContext for EdgeGuardHttp {
 
     fn on_log(&mut self) {
         self.finish();
+        self.engine_io_done();
     }
 }
 
@@ -711,7 +765,10 @@ impl EdgeGuardHttp {
     fn websocket_response(&mut self, ws: &mut WebSocketStream) -> Action {
         if self.on_websocket_response(ws) {
             if let Some(admission) = ws.admission.take() {
-                self.worker.release(self.route, admission);
+                // A refused upgrade of a polling session gives the slot back to it.
+                if let Some(admission) = self.engine_io_upgrade_refused(admission) {
+                    self.worker.release(self.route, admission);
+                }
             }
         }
         Action::Continue

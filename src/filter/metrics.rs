@@ -89,11 +89,13 @@ const WS_REJECTIONS: [ErrorCode; 3] = [
     ErrorCode::IdentityRequired,
 ];
 
-const REJECTIONS: [ErrorCode; 5] = [
+const REJECTIONS: [ErrorCode; 7] = [
     ErrorCode::RouteNotFound,
     ErrorCode::MethodNotAllowed,
     ErrorCode::RouteMismatch,
     ErrorCode::UpstreamUnhealthy,
+    ErrorCode::TransportNotAllowed,
+    ErrorCode::EngineIoBadRequest,
     ErrorCode::DestinationNotAllowed,
 ];
 
@@ -147,7 +149,7 @@ pub struct Metrics {
     pub ws_active: MetricId,
     pub vm_failures: MetricId,
     pub ws_reclaimed: MetricId,
-    rejected: [MetricId; 5],
+    rejected: [MetricId; REJECTIONS.len()],
 }
 
 impl Metrics {
@@ -213,7 +215,7 @@ impl Metrics {
                 }
             })
             .collect();
-        let mut rejected = [MetricId::default(); 5];
+        let mut rejected = [MetricId::default(); REJECTIONS.len()];
         for (slot, code) in rejected.iter_mut().zip(REJECTIONS) {
             *slot = define(
                 MetricType::Counter,

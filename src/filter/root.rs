@@ -32,6 +32,8 @@ const TICK: Duration = Duration::from_millis(50);
 const REAP_EVERY_MS: u64 = 5_000;
 /// How soon every worker follows a drain started on another.
 const DRAIN_CHECK_EVERY_MS: u64 = 200;
+/// How often each worker looks for Engine.IO polling sessions gone silent.
+const SESSION_SWEEP_EVERY_MS: u64 = 1_000;
 
 /// Why `on_configure` refused: Envoy then rejects the configuration.
 #[derive(Debug)]
@@ -60,6 +62,7 @@ pub struct EdgeGuardRoot {
     probes: HashMap<u32, usize>,
     next_reap_ms: u64,
     next_drain_check_ms: u64,
+    next_session_sweep_ms: u64,
     /// Whether this root context counts in the VM's ownership (configured).
     owns: bool,
 }
@@ -72,6 +75,7 @@ impl EdgeGuardRoot {
             probes: HashMap::new(),
             next_reap_ms: 0,
             next_drain_check_ms: 0,
+            next_session_sweep_ms: 0,
             owns: false,
         }
     }
@@ -90,6 +94,10 @@ impl EdgeGuardRoot {
             .collect();
         slots::ensure_keys(&HostStore, &route_names)
             .map_err(|e| ConfigureError::SharedData(e.to_string()))?;
+        if policy.routes.iter().any(|r| r.engine_io.is_some()) {
+            crate::engine_io::sessions::ensure_keys(&HostStore)
+                .map_err(|e| ConfigureError::SharedData(e.to_string()))?;
+        }
         if policy.health.is_some() {
             let clusters: Vec<&str> = policy.clusters.iter().map(|c| c.name.as_str()).collect();
             health::ensure_records(&HostStore, &clusters)
@@ -101,6 +109,9 @@ impl EdgeGuardRoot {
         let table_key = format!("eg.table.{:016x}", fnv1a64(&bytes));
         if HostStore.create_if_absent(&table_key, b"1").unwrap_or(true) {
             log_routing_table(&policy);
+            for w in &policy.warnings {
+                log::warn!("edge-guard: policy warning [{}]: {}", w.id, w.message);
+            }
         }
 
         let metrics = Metrics::define(&policy);
@@ -399,6 +410,12 @@ impl RootContext for EdgeGuardRoot {
         if now >= self.next_reap_ms {
             self.next_reap_ms = now.saturating_add(REAP_EVERY_MS);
             self.reap(&worker);
+        }
+        if now >= self.next_session_sweep_ms {
+            self.next_session_sweep_ms = now.saturating_add(SESSION_SWEEP_EVERY_MS);
+            if worker.policy.routes.iter().any(|r| r.engine_io.is_some()) {
+                super::http::engine_io::reclaim_expired(&worker, now);
+            }
         }
     }
 

@@ -44,6 +44,37 @@ pub struct RouteConfig {
     pub max_connections: Option<u32>,
     /// Overrides `health_checks.path` for this route's cluster.
     pub health_check_path: Option<String>,
+    /// Only with `websocket: true`: Engine.IO sessions are the unit of the limits.
+    pub engine_io: Option<EngineIoConfig>,
+}
+
+/// `{"ping_interval": "25s", "ping_timeout": "20s", "transports": ["websocket", "polling"]}`.
+#[derive(Debug, Clone)]
+pub struct EngineIoConfig {
+    pub ping_interval: Millis,
+    pub ping_timeout: Millis,
+    pub transports: Vec<String>,
+}
+
+impl EngineIoConfig {
+    fn from_value(value: &Value, path: &str) -> Result<EngineIoConfig, ConfigError> {
+        let f = Fields::new(
+            value,
+            path,
+            &["ping_interval", "ping_timeout", "transports"],
+        )?;
+        Ok(EngineIoConfig {
+            ping_interval: f
+                .duration("ping_interval")?
+                .unwrap_or(crate::engine_io::DEFAULT_PING_INTERVAL),
+            ping_timeout: f
+                .duration("ping_timeout")?
+                .unwrap_or(crate::engine_io::DEFAULT_PING_TIMEOUT),
+            transports: f
+                .strings("transports")?
+                .unwrap_or_else(|| vec!["websocket".to_string(), "polling".to_string()]),
+        })
+    }
 }
 
 /// Where the filter runs: in front of the services, or on their way out.
@@ -513,6 +544,7 @@ impl RouteConfig {
                 "websocket",
                 "max_connections",
                 "health_check_path",
+                "engine_io",
             ],
         )?;
         Ok(RouteConfig {
@@ -525,6 +557,10 @@ impl RouteConfig {
             websocket: f.bool("websocket")?.unwrap_or(false),
             max_connections: f.u32("max_connections")?,
             health_check_path: f.string("health_check_path")?,
+            engine_io: f
+                .get("engine_io")
+                .map(|v| EngineIoConfig::from_value(v, &f.at("engine_io")))
+                .transpose()?,
         })
     }
 }

@@ -17,8 +17,9 @@ pub use config::{Direction, OnMismatch, PolicyConfig, UnknownRoute};
 pub use duration::Millis;
 
 use crate::egress::{parse_host_pattern, DestinationTable, HostPattern};
+use crate::engine_io::EngineIoPolicy;
 use crate::routing::{normalise_prefix, Method, MethodSet, RouteMatch, RouteTable};
-use config::{IdentityConfig, TimeoutClassConfig};
+use config::{EngineIoConfig, IdentityConfig, TimeoutClassConfig};
 
 /// A refused policy: where, what, and the fix, in one line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +66,8 @@ pub struct Route {
     pub timeout_class: usize,
     pub websocket: bool,
     pub max_connections: Option<u32>,
+    /// Engine.IO sessions are the unit of this route's limits.
+    pub engine_io: Option<EngineIoPolicy>,
 }
 
 /// A deadline class: `total` bounds the exchange from the first request byte
@@ -160,6 +163,18 @@ pub struct Policy {
     pub health_endpoint: HealthEndpoint,
     /// Over how long a drain closes the open WebSockets.
     pub drain_period: Millis,
+    /// Valid but probably not what was meant: logged at startup, reported by the
+    /// offline validator.
+    pub warnings: Vec<PolicyWarning>,
+}
+
+/// A policy that compiles but is probably wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyWarning {
+    /// Stable id, e.g. `engine_io_missing`.
+    pub id: &'static str,
+    pub route: String,
+    pub message: String,
 }
 
 impl Policy {
@@ -405,6 +420,20 @@ pub fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
                 "WebSocket limits apply at the edge; remove \"websocket\" from egress routes",
             ));
         }
+        let engine_io = match &rc.engine_io {
+            None => None,
+            Some(eio) => {
+                let class = timeout_classes
+                    .get(timeout_class)
+                    .ok_or_else(|| ConfigError::new(at("timeout"), "unknown timeout class"))?;
+                Some(compile_engine_io(
+                    eio,
+                    rc.websocket,
+                    class,
+                    &at("engine_io"),
+                )?)
+            }
+        };
         routes.push(Route {
             name: rc.name.clone(),
             host,
@@ -415,8 +444,13 @@ pub fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
             timeout_class,
             websocket: rc.websocket,
             max_connections: rc.max_connections,
+            engine_io,
         });
     }
+    let warnings = routes
+        .iter()
+        .filter_map(|r| engine_io_missing(r, timeout_classes.get(r.timeout_class)?))
+        .collect();
 
     let status = compile_status(config)?;
     if routes.iter().any(|r| status.path == r.prefix) {
@@ -464,6 +498,86 @@ pub fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
         clusters,
         health_endpoint,
         drain_period,
+        warnings,
+    })
+}
+
+fn compile_engine_io(
+    config: &EngineIoConfig,
+    websocket: bool,
+    class: &TimeoutClass,
+    at: &str,
+) -> Result<EngineIoPolicy, ConfigError> {
+    if !websocket {
+        return Err(ConfigError::new(
+            at,
+            "engine_io only applies to WebSocket routes; set \"websocket\": true on the route or remove engine_io",
+        ));
+    }
+    for (field, value) in [
+        ("ping_interval", config.ping_interval),
+        ("ping_timeout", config.ping_timeout),
+    ] {
+        if value == Millis::ZERO {
+            return Err(ConfigError::new(
+                format!("{at}.{field}"),
+                "must be greater than zero; use the server's value (socket.io's default is 25s for ping_interval, 20s for ping_timeout)",
+            ));
+        }
+    }
+    let (mut polling, mut ws) = (false, false);
+    for (i, transport) in config.transports.iter().enumerate() {
+        match transport.as_str() {
+            "polling" => polling = true,
+            "websocket" => ws = true,
+            other => {
+                return Err(ConfigError::new(
+                    format!("{at}.transports[{i}]"),
+                    format!("unknown transport \"{other}\"; use \"websocket\" and/or \"polling\""),
+                ))
+            }
+        }
+    }
+    if !polling && !ws {
+        return Err(ConfigError::new(
+            format!("{at}.transports"),
+            "no transport allowed; list \"websocket\", \"polling\" or both",
+        ));
+    }
+    Ok(EngineIoPolicy {
+        ping_interval: config.ping_interval,
+        ping_timeout: config.ping_timeout,
+        polling,
+        websocket: ws,
+        long_poll: EngineIoPolicy::long_poll_class(
+            config.ping_interval,
+            config.ping_timeout,
+            class,
+        ),
+    })
+}
+
+/// A route that looks like it serves Socket.IO, without `engine_io`, whose class would
+/// cut socket.io's long-polls (held up to the default ping interval).
+fn engine_io_missing(route: &Route, class: &TimeoutClass) -> Option<PolicyWarning> {
+    if route.engine_io.is_some()
+        || !crate::engine_io::looks_like_socket_io(&route.prefix)
+        || class.response >= crate::engine_io::DEFAULT_PING_INTERVAL
+    {
+        return None;
+    }
+    Some(PolicyWarning {
+        id: "engine_io_missing",
+        route: route.name.clone(),
+        message: format!(
+            "route {} looks like Socket.IO ({}) but has no engine_io option, and its class \"{}\" ({}) is shorter than socket.io's ping interval ({}): every long-poll would be cut with 504 and clients would reconnect in a loop; add \"websocket\": true and \"engine_io\": {{}} to the route (long-polls then get ping_interval + ping_timeout), or give it a class of at least {}",
+            route.name,
+            route.prefix,
+            class.name,
+            class.response,
+            crate::engine_io::DEFAULT_PING_INTERVAL,
+            Millis(crate::engine_io::DEFAULT_PING_INTERVAL.as_ms() + crate::engine_io::DEFAULT_PING_TIMEOUT.as_ms()),
+        ),
     })
 }
 

@@ -426,3 +426,70 @@ fn drain_period_must_be_positive_and_at_most_an_hour() {
         assert!(e.problem.contains("default 30s"), "{e}");
     }
 }
+
+#[test]
+fn engine_io_defaults_are_socket_io_defaults() {
+    let mut v = base();
+    v["routes"][1]["engine_io"] = json!({});
+    let policy = compile_value(&v).unwrap();
+    let eio = policy.routes[1].engine_io.as_ref().unwrap();
+    assert_eq!(
+        (
+            eio.ping_interval,
+            eio.ping_timeout,
+            eio.polling,
+            eio.websocket
+        ),
+        (Millis(25_000), Millis(20_000), true, true)
+    );
+    assert_eq!(eio.session_ttl_ms(), 45_000);
+    assert_eq!(eio.long_poll.response, Millis(45_000));
+    assert!(policy.warnings.is_empty());
+}
+
+#[test]
+fn engine_io_errors_name_the_field() {
+    let mut v = base();
+    v["routes"][0]["engine_io"] = json!({});
+    let e = error_of(v);
+    assert_eq!(e.path, "routes[0].engine_io");
+    assert!(e.problem.contains("\"websocket\": true"), "{e}");
+
+    let mut v = base();
+    v["routes"][1]["engine_io"] = json!({"transports": ["websocket", "sse"]});
+    assert_eq!(error_of(v).path, "routes[1].engine_io.transports[1]");
+
+    let mut v = base();
+    v["routes"][1]["engine_io"] = json!({"transports": []});
+    assert_eq!(error_of(v).path, "routes[1].engine_io.transports");
+
+    let mut v = base();
+    v["routes"][1]["engine_io"] = json!({"ping_interval": "0s"});
+    assert_eq!(error_of(v).path, "routes[1].engine_io.ping_interval");
+
+    let mut v = base();
+    v["routes"][1]["engine_io"] = json!({"ping_intervall": "25s"});
+    let e = error_of(v);
+    assert_eq!(e.path, "routes[1].engine_io.ping_intervall");
+    assert!(e.problem.contains("`ping_interval`"), "{e}");
+}
+
+#[test]
+fn a_short_class_on_a_socket_io_route_without_engine_io_is_a_warning() {
+    let v = json!({
+        "routes": [
+            {"name": "sio", "prefix": "/socket.io", "cluster": "c", "websocket": true, "timeout": "notification"},
+            {"name": "sio2", "prefix": "/chat/socket.io", "cluster": "c", "websocket": true, "timeout": "notification", "engine_io": {}},
+            {"name": "api", "prefix": "/api", "cluster": "c", "timeout": "notification"},
+        ],
+        "timeouts": {"classes": {"standard": "30s", "notification": "5s"}},
+    });
+    let policy = compile_value(&v).unwrap();
+    assert_eq!(policy.warnings.len(), 1, "{:?}", policy.warnings);
+    assert_eq!(policy.warnings[0].id, "engine_io_missing");
+    assert_eq!(policy.warnings[0].route, "sio");
+    assert!(policy.warnings[0].message.contains("engine_io"));
+    // The engine_io route's long polls get 45s whatever its 5s class says.
+    let eio = policy.routes[1].engine_io.as_ref().unwrap();
+    assert_eq!(eio.long_poll.total, Millis(45_000));
+}

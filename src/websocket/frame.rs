@@ -107,6 +107,12 @@ pub struct Frame {
     pub header_offset: Option<usize>,
     /// Header length in bytes (2..=14).
     pub header_len: u8,
+    /// Where the payload begins in the current chunk (the chunk's length when it
+    /// begins in the next one).
+    pub payload_offset: usize,
+    /// The masking key of a client frame (zeros for an unmasked one): payload byte
+    /// `i` is `wire[i] ^ mask_key[i % 4]`.
+    pub mask_key: [u8; 4],
 }
 
 impl Frame {
@@ -321,9 +327,10 @@ impl FrameScanner {
             }
         }
 
-        let frame = self
+        let mut frame = self
             .parse_header(header_offset)
             .map_err(|error| self.fail(error, header_offset))?;
+        frame.payload_offset = *pos;
         self.have = 0;
         self.remaining = frame.payload_len;
         self.skip_payload(len, pos);
@@ -409,6 +416,13 @@ impl FrameScanner {
             }
         }
 
+        let mut mask_key = [0u8; 4];
+        if masked {
+            let at = 2usize.saturating_add(usize::from(len_bytes));
+            if let Some(key) = h.get(at..at.saturating_add(4)) {
+                mask_key.copy_from_slice(key);
+            }
+        }
         Ok(Frame {
             fin,
             rsv,
@@ -419,6 +433,8 @@ impl FrameScanner {
             header_len: 2u8
                 .saturating_add(len_bytes)
                 .saturating_add(if masked { 4 } else { 0 }),
+            payload_offset: 0,
+            mask_key,
         })
     }
 }
@@ -568,8 +584,25 @@ mod tests {
                 payload_len: 5,
                 header_offset: Some(0),
                 header_len: 2,
+                payload_offset: 2,
+                mask_key: [0; 4],
             }]
         );
+    }
+
+    #[test]
+    fn payload_offset_and_mask_key_locate_the_first_payload_byte() {
+        let mut stream = frame(true, Opcode::Text, b"2probe", Some(KEY));
+        stream.extend(frame(true, Opcode::Text, b"42", Some(KEY)));
+        let frames = scan_all(&mut client(), &stream).unwrap();
+        for (f, first) in frames.iter().zip([b'2', b'4']) {
+            assert_eq!(f.mask_key, KEY);
+            assert_eq!(stream[f.payload_offset] ^ f.mask_key[0], first);
+        }
+        // A header ending the chunk: the payload begins in the next one.
+        let head = header(true, Opcode::Text, 5, Some(KEY));
+        let frames = scan_all(&mut client(), &head).unwrap();
+        assert_eq!(frames[0].payload_offset, head.len());
     }
 
     #[test]

@@ -149,6 +149,8 @@ pub struct ConnectionMonitor {
     last_activity_ms: u64,
     closed: Option<CloseReason>,
     protocol_error: Option<FrameError>,
+    /// An Engine.IO connection: its transport packets cost no token.
+    engine_io: bool,
 }
 
 impl ConnectionMonitor {
@@ -163,7 +165,15 @@ impl ConnectionMonitor {
             last_activity_ms: now_ms,
             closed: None,
             protocol_error: None,
+            engine_io: false,
         }
+    }
+
+    /// The connection carries Engine.IO: text messages that are transport packets
+    /// (ping, pong, upgrade, noop; see [`crate::engine_io::is_transport_packet`]) cost
+    /// no rate-limit token. Their first payload byte is the only payload byte read.
+    pub fn count_engine_io_data_only(&mut self) {
+        self.engine_io = true;
     }
 
     /// The upstream's 101 accepted permessage-deflate: from now on RSV1 (a
@@ -201,7 +211,8 @@ impl ConnectionMonitor {
             match side.scanner.next_frame(chunk, &mut pos) {
                 Ok(None) => return Verdict::Pass,
                 Ok(Some(frame)) => {
-                    if let Some(reason) = self.check_frame(limits, dir, &frame, now_ms) {
+                    let free = self.engine_io && is_engine_io_transport(&frame, chunk);
+                    if let Some(reason) = self.check_frame(limits, dir, &frame, free, now_ms) {
                         self.closed = Some(reason);
                         return close(reason, frame.header_offset);
                     }
@@ -225,6 +236,7 @@ impl ConnectionMonitor {
         limits: &ConnectionLimits,
         dir: Direction,
         frame: &Frame,
+        free: bool,
         now_ms: u64,
     ) -> Option<CloseReason> {
         let side = match dir {
@@ -234,7 +246,7 @@ impl ConnectionMonitor {
         let costs_token = match frame.opcode {
             Opcode::Text | Opcode::Binary => {
                 side.message_bytes = frame.payload_len;
-                true
+                !free
             }
             Opcode::Continuation => {
                 side.message_bytes = side.message_bytes.saturating_add(frame.payload_len);
@@ -340,6 +352,23 @@ impl ConnectionMonitor {
     pub fn protocol_error(&self) -> Option<FrameError> {
         self.protocol_error
     }
+}
+
+/// A whole, uncompressed text frame whose first payload byte (in this chunk) marks an
+/// Engine.IO transport packet. A payload that begins in the next chunk, a compressed or
+/// fragmented message is counted like any other.
+fn is_engine_io_transport<S: ChunkSource + ?Sized>(frame: &Frame, chunk: &mut S) -> bool {
+    if frame.opcode != Opcode::Text || !frame.fin || frame.rsv != 0 || frame.payload_len == 0 {
+        return false;
+    }
+    if frame.payload_offset >= chunk.len() {
+        return false;
+    }
+    let [key0, ..] = frame.mask_key;
+    chunk
+        .bytes(frame.payload_offset, 1)
+        .and_then(|b| b.first().copied())
+        .is_some_and(|b| crate::engine_io::is_transport_packet(b ^ key0))
 }
 
 fn close(reason: CloseReason, header_offset: Option<usize>) -> Verdict {
@@ -455,6 +484,65 @@ mod tests {
             assert_eq!(reason.as_str(), name);
             assert_eq!(reason.to_string(), name);
         }
+    }
+
+    #[test]
+    fn engine_io_transport_packets_cost_no_token() {
+        let l = rate_limit(2);
+        let mut m = ConnectionMonitor::new(0);
+        m.count_engine_io_data_only();
+        let mut chunk = Vec::new();
+        for packet in [&b"2probe"[..], b"5", b"3", b"6", b"2"] {
+            chunk.extend(cf(true, Opcode::Text, packet));
+        }
+        chunk.extend(cf(true, Opcode::Text, b"42[\"a\"]"));
+        chunk.extend(cf(true, Opcode::Text, b"42[\"b\"]"));
+        assert_eq!(feed(&mut m, &l, C2U, &chunk, 0), Verdict::Pass);
+        assert_eq!(
+            feed(&mut m, &l, C2U, &cf(true, Opcode::Text, b"4third"), 0),
+            closed(CloseReason::RateLimited, 0)
+        );
+        // Server packets too, unmasked.
+        let mut m = ConnectionMonitor::new(0);
+        m.count_engine_io_data_only();
+        let mut chunk = sf(true, Opcode::Text, b"3probe");
+        chunk.extend(sf(true, Opcode::Text, b"2"));
+        chunk.extend(sf(true, Opcode::Text, b"40"));
+        chunk.extend(sf(true, Opcode::Text, b"42[1]"));
+        assert_eq!(feed(&mut m, &l, U2C, &chunk, 0), Verdict::Pass);
+    }
+
+    #[test]
+    fn without_engine_io_or_when_unreadable_every_message_costs() {
+        let l = rate_limit(1);
+        let mut m = ConnectionMonitor::new(0);
+        let mut chunk = cf(true, Opcode::Text, b"2");
+        let second = chunk.len();
+        chunk.extend(cf(true, Opcode::Text, b"2"));
+        assert_eq!(
+            feed(&mut m, &l, C2U, &chunk, 0),
+            closed(CloseReason::RateLimited, second)
+        );
+        // Binary, fragmented or compressed "2…" and a payload in the next chunk count.
+        let mut m = ConnectionMonitor::new(0);
+        m.count_engine_io_data_only();
+        m.allow_compressed_messages();
+        let l = rate_limit(4);
+        let mut chunk = cf(true, Opcode::Binary, b"2");
+        chunk.extend(cf(false, Opcode::Text, b"2"));
+        chunk.extend(cf(true, Opcode::Continuation, b"x"));
+        let mut compressed = cf(true, Opcode::Text, b"2");
+        compressed[0] |= 0x40;
+        chunk.extend(compressed);
+        chunk.extend(header(true, Opcode::Text, 1, Some(KEY)));
+        assert_eq!(feed(&mut m, &l, C2U, &chunk, 0), Verdict::Pass);
+        // Four tokens gone: the next data message is one too many.
+        let mut next = vec![b'2' ^ KEY[0]];
+        next.extend(cf(true, Opcode::Text, b"4x"));
+        assert_eq!(
+            feed(&mut m, &l, C2U, &next, 0),
+            closed(CloseReason::RateLimited, 1)
+        );
     }
 
     #[test]

@@ -68,6 +68,12 @@ pub struct Admission {
 }
 
 impl Admission {
+    /// The admission a slot holder recorded elsewhere (an Engine.IO session in
+    /// shared data), for the one caller that took the record.
+    pub fn restore(route: String, user: Option<String>) -> Admission {
+        Admission { route, user }
+    }
+
     pub fn route(&self) -> &str {
         &self.route
     }

@@ -9,9 +9,10 @@
 
 use crate::paths;
 use crate::process;
+use std::io::Write as _;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,7 @@ pub fn node_modules() -> PathBuf {
 pub struct ScriptProcess {
     script: String,
     child: Child,
+    stdin: Option<ChildStdin>,
     lines: mpsc::Receiver<String>,
 }
 
@@ -40,7 +42,26 @@ impl ScriptProcess {
         let path = paths::repo_root().join("tests/node").join(script);
         let mut cmd = Command::new("node");
         cmd.env("NODE_PATH", node_modules());
-        Self::spawn(cmd, script, &path, args, env)
+        Self::spawn(cmd, script, &path, args, env, false)
+    }
+
+    /// As [`node`](Self::node), with stdin open for [`send`](Self::send).
+    pub fn node_interactive(script: &str, args: &[&str], env: &[(&str, &str)]) -> ScriptProcess {
+        let path = paths::repo_root().join("tests/node").join(script);
+        let mut cmd = Command::new("node");
+        cmd.env("NODE_PATH", node_modules());
+        Self::spawn(cmd, script, &path, args, env, true)
+    }
+
+    /// Writes one line to the script's stdin.
+    pub fn send(&mut self, line: &str) {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .unwrap_or_else(|| panic!("{} was not started interactive", self.script));
+        writeln!(stdin, "{line}")
+            .and_then(|()| stdin.flush())
+            .unwrap_or_else(|e| panic!("writing to {}: {e}", self.script));
     }
 
     /// Starts `.venv/bin/python tests/python/<script> args…` (the venv next
@@ -49,7 +70,7 @@ impl ScriptProcess {
         let path = paths::repo_root().join("tests/python").join(script);
         let envoy = paths::envoy_bin();
         let python = envoy.with_file_name("python");
-        Self::spawn(Command::new(python), script, &path, args, &[])
+        Self::spawn(Command::new(python), script, &path, args, &[], false)
     }
 
     fn spawn(
@@ -58,17 +79,23 @@ impl ScriptProcess {
         path: &std::path::Path,
         args: &[&str],
         env: &[(&str, &str)],
+        interactive: bool,
     ) -> ScriptProcess {
+        cmd.stdin(if interactive {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
         cmd.arg(path)
             .args(args)
             .envs(env.iter().copied())
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         // Own process group and a parent-death signal (see `process`).
         let mut child =
             process::spawn(cmd).unwrap_or_else(|e| panic!("cannot start {}: {e}", path.display()));
         let stdout = child.stdout.take().expect("piped stdout");
+        let stdin = child.stdin.take();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -81,6 +108,7 @@ impl ScriptProcess {
         ScriptProcess {
             script: script.to_string(),
             child,
+            stdin,
             lines,
         }
     }
