@@ -3,5 +3,5 @@ WORKDIR /src
 COPY . .
 RUN cargo build --release -p edge-guard-demo
 
-FROM debian:bookworm-slim
+FROM debian:12.8-slim
 COPY --from=build /src/target/release/demo-upstream /usr/local/bin/demo-upstream

@@ -14,6 +14,9 @@
 //!   reaper) and `edge_guard.websocket.reclaimed` counter (their slots given back)
 //! - `edge_guard.rejected.<error code>` counters (`destination_not_allowed` on egress)
 //! - `edge_guard.cluster.<cluster>.healthy` gauge (1/0), `...probes`, `...probe_failures` counters
+//! - the policy, for alerts and dashboards: `edge_guard.route.<route>.class.<class>.budget_ms`
+//!   (the class's total), `edge_guard.websocket.max_connections` and
+//!   `edge_guard.route.<route>.websocket.max_connections` gauges (where set)
 //!
 //! An egress-mode filter uses `edge_guard.egress.` instead of `edge_guard.`.
 
@@ -52,6 +55,13 @@ pub fn read(id: MetricId) -> Option<u64> {
     (id.0 != 0)
         .then(|| hostcalls::get_metric(id.0).ok())
         .flatten()
+}
+
+/// Defines a gauge and sets it: the policy's limits and budgets, published
+/// so that alerts and dashboards compare against them (every worker sets the
+/// same value on configure).
+fn publish(name: &str, value: u64) {
+    record(define(MetricType::Gauge, name), value);
 }
 
 pub fn record(id: MetricId, value: u64) {
@@ -168,6 +178,9 @@ impl Metrics {
                 let class = policy.class_of(route).map_or("none", |c| c.name.as_str());
                 let base = format!("{root}.route.{}", route.name);
                 let with_class = format!("{base}.class.{class}");
+                if let Some(c) = policy.class_of(route) {
+                    publish(&format!("{with_class}.budget_ms"), c.total.as_ms());
+                }
                 let mut metrics = RouteMetrics {
                     request_timeout: define(
                         MetricType::Counter,
@@ -184,6 +197,12 @@ impl Metrics {
                     mismatch: define(MetricType::Counter, &format!("{base}.mismatch")),
                     ..RouteMetrics::default()
                 };
+                if let (true, Some(limit)) = (route.websocket, route.max_connections) {
+                    publish(
+                        &format!("{base}.websocket.max_connections"),
+                        u64::from(limit),
+                    );
+                }
                 if route.websocket {
                     metrics.ws_active =
                         define(MetricType::Gauge, &format!("{base}.websocket.active"));
@@ -215,6 +234,12 @@ impl Metrics {
                 }
             })
             .collect();
+        if let Some(limit) = policy.websocket.max_connections {
+            publish(
+                &format!("{root}.websocket.max_connections"),
+                u64::from(limit),
+            );
+        }
         let mut rejected = [MetricId::default(); REJECTIONS.len()];
         for (slot, code) in rejected.iter_mut().zip(REJECTIONS) {
             *slot = define(

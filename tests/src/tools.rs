@@ -5,7 +5,7 @@
 //! A missing tool is a hard failure that says how to get it, never a skip.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use crate::paths::repo_root;
 
@@ -89,6 +89,54 @@ pub fn read_repo_file(relative: &str) -> String {
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// A command that needs root: as is when this process is root (as CI is),
+/// through passwordless `sudo -n` otherwise (as on GitHub's runners), and a
+/// failure saying so when neither is possible. `sudo` resets the environment:
+/// pass what the command needs as arguments (e.g. through `env K=V ...`).
+pub fn privileged(program: &str) -> Command {
+    if is_root() {
+        return Command::new(program);
+    }
+    let sudo = Command::new("sudo")
+        .args(["-n", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        sudo,
+        "{program} needs root: run the tests as root (as CI does) or as a user with passwordless sudo (as on GitHub's runners)"
+    );
+    let mut cmd = Command::new("sudo");
+    cmd.args(["-n", "--", program]);
+    cmd
+}
+
+/// `K=V` for the variables a network install needs (proxies, CA bundles,
+/// registry settings) that are set here, for `env` under `sudo`/`runuser`.
+pub fn network_env() -> Vec<String> {
+    const NAMES: &[&str] = &[
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "PIP_CERT",
+        "PIP_INDEX_URL",
+        "PIP_DEFAULT_TIMEOUT",
+        "NODE_EXTRA_CA_CERTS",
+        "npm_config_registry",
+    ];
+    NAMES
+        .iter()
+        .filter_map(|n| std::env::var(n).ok().map(|v| format!("{n}={v}")))
+        .collect()
 }
 
 /// The directory of a path, for commands run from there.

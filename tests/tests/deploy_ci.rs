@@ -91,7 +91,8 @@ fn workflow_is_shaped_for_githubs_runners() {
 }
 
 /// A throwaway user, removed with its home and sudoers entry on drop (also
-/// when the test fails).
+/// when the test fails). Root's part runs as root, or through sudo on a
+/// runner that is not root.
 struct ThrowawayUser {
     name: String,
     sudoers: std::path::PathBuf,
@@ -99,17 +100,13 @@ struct ThrowawayUser {
 
 impl ThrowawayUser {
     fn create() -> ThrowawayUser {
-        assert!(
-            is_root(),
-            "this test creates a throwaway non-root user and needs root for that (CI runs as root)"
-        );
         let name = format!("egci{}", std::process::id());
         let user = ThrowawayUser {
             sudoers: Path::new("/etc/sudoers.d").join(&name),
             name,
         };
         user.remove(); // a leftover from a killed run
-        run_ok(Command::new("useradd").args(["-m", "-s", "/bin/bash", &user.name]));
+        run_ok(privileged("useradd").args(["-m", "-s", "/bin/bash", &user.name]));
         user
     }
     fn home(&self) -> std::path::PathBuf {
@@ -117,37 +114,37 @@ impl ThrowawayUser {
     }
     /// Passwordless sudo, as on GitHub's runners.
     fn grant_sudo(&self) {
-        std::fs::create_dir_all("/etc/sudoers.d").expect("/etc/sudoers.d");
-        std::fs::write(
-            &self.sudoers,
-            format!("{} ALL=(ALL) NOPASSWD: ALL\n", self.name),
-        )
-        .expect("write sudoers entry");
-        run_ok(Command::new("chmod").arg("0440").arg(&self.sudoers));
+        run_ok(privileged("mkdir").args(["-p", "/etc/sudoers.d"]));
+        let line = format!("{} ALL=(ALL) NOPASSWD: ALL", self.name);
+        run_ok(privileged("sh").args([
+            "-c",
+            &format!(
+                "printf '%s\\n' '{line}' > '{}' && chmod 0440 '{}'",
+                self.sudoers.display(),
+                self.sudoers.display()
+            ),
+        ]));
     }
     fn revoke_sudo(&self) {
-        let _ = std::fs::remove_file(&self.sudoers);
+        let _ = privileged("rm").arg("-f").arg(&self.sudoers).output();
     }
-    /// `bash -c script` as this user, in its home, with root's environment
-    /// (proxy and CA settings) minus root's own paths.
+    /// `bash -c script` as this user, in its home, with the network settings
+    /// (proxies, CA bundles) of this process and a plain PATH.
     fn bash(&self, script: &str) -> std::process::Output {
-        run(Command::new("runuser")
-            .args(["-u", &self.name, "--", "bash", "-c", script])
-            .current_dir(self.home())
-            .env("HOME", self.home())
-            .env("USER", &self.name)
-            .env("LOGNAME", &self.name)
-            .env(
-                "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            )
-            .env_remove("PIP_FIND_LINKS")
-            .env_remove("CARGO_HOME")
-            .env_remove("RUSTUP_HOME"))
+        let home = self.home().display().to_string();
+        let mut cmd = privileged("runuser");
+        cmd.args(["-u", &self.name, "--", "env", "-i"])
+            .arg(format!("HOME={home}"))
+            .arg(format!("USER={}", self.name))
+            .arg(format!("LOGNAME={}", self.name))
+            .arg("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .args(network_env())
+            .args(["bash", "-c", &format!("cd '{home}' && {script}")]);
+        run(&mut cmd)
     }
     fn remove(&self) {
         self.revoke_sudo();
-        let _ = Command::new("userdel")
+        let _ = privileged("userdel")
             .args(["-r", "-f", &self.name])
             .output();
     }
@@ -164,18 +161,22 @@ fn workflow_install_step_works_as_a_non_root_user_with_sudo_and_explains_without
     run_ok(Command::new("sh").arg("-c").arg("command -v sudo"));
     let user = ThrowawayUser::create();
     // The workflow's install step needs build.sh and the pinned tool lists.
-    let repo = user.home().join("repo");
-    std::fs::create_dir_all(repo.join("tests/tools")).expect("mkdir");
-    std::fs::copy(repo_file("build.sh"), repo.join("build.sh")).expect("copy build.sh");
+    let staging = std::env::temp_dir().join(format!("edge-guard-ci-deps-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(staging.join("tests/tools")).expect("mkdir");
+    std::fs::copy(repo_file("build.sh"), staging.join("build.sh")).expect("copy build.sh");
     for f in ["requirements.txt", "package.json", "package-lock.json"] {
         std::fs::copy(
             repo_file(&format!("tests/tools/{f}")),
-            repo.join("tests/tools").join(f),
+            staging.join("tests/tools").join(f),
         )
         .expect("copy tool pins");
     }
+    let repo = user.home().join("repo");
+    run_ok(privileged("cp").arg("-r").arg(&staging).arg(&repo));
+    let _ = std::fs::remove_dir_all(&staging);
     run_ok(
-        Command::new("chown")
+        privileged("chown")
             .args(["-R", &format!("{0}:{0}", user.name)])
             .arg(&repo),
     );
