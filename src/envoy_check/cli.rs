@@ -168,9 +168,15 @@ pub fn run(args: &[String], parse_envoy: &dyn Fn(&str) -> Result<Value, String>)
             notice =
                 format!("not written: {path} (the policy has errors; the running one stays)\n");
         } else {
+            // Without --policy: the bootstrap's own (default) policy.
             let policy_text = match &policy {
                 Some(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-                None => return RunOutput::failure("--write-ecds needs --policy"),
+                None => match super::reload::ecds_default_policy(&envoy) {
+                    Some(text) => text,
+                    None => return RunOutput::failure(
+                        "--write-ecds needs --policy (the Envoy config has no ECDS default policy)",
+                    ),
+                },
             };
             let resource = match super::reload::ecds_resource(&envoy, &policy_text) {
                 Ok(resource) => resource,

@@ -769,6 +769,24 @@ mod yaml_fixtures {
         assert!(!out.stdout.contains("policy_differs"), "{}", out.stdout);
     }
 
+    /// The compose stack's ECDS resource (deploy/compose/ecds, mounted into
+    /// its Envoy) carries the compose config's own default policy and wasm.
+    #[test]
+    fn compose_ecds_resource_is_the_compose_default() {
+        let text = std::fs::read_to_string(repo_path("deploy/compose/envoy.yaml")).unwrap();
+        let doc = parse_envoy(&text).unwrap();
+        let default = crate::envoy_check::reload::ecds_default_policy(&doc).unwrap();
+        let expected = crate::envoy_check::reload::ecds_resource(&doc, &default).unwrap();
+        let shipped: Value = serde_json::from_str(
+            &std::fs::read_to_string(repo_path("deploy/compose/ecds/edge_guard.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            shipped, expected,
+            "regenerate with: ./build.sh validate --envoy deploy/compose/envoy.yaml --write-ecds deploy/compose/ecds/edge_guard.json"
+        );
+    }
+
     fn ids_of(envoy: &str, extra: &[&str]) -> (u8, String) {
         let envoy = fixture(envoy);
         let policy = fixture("policy.json");
