@@ -82,8 +82,9 @@ pub struct RequestHead {
     pub grpc_timeout: bool,
     pub method: Option<String>,
     pub request_id: Option<String>,
-    /// `upgrade: websocket` (any case).
-    pub websocket_upgrade: bool,
+    /// The `upgrade` header (repeated ones joined with `,`), or HTTP/2's
+    /// `:protocol`; classified by `upgrade::classify`.
+    pub upgrade: Option<String>,
     /// Which of `CLIENT_DEADLINE_HEADERS` the client sent (bit i = entry i).
     pub client_deadline_headers: u8,
 }
@@ -107,7 +108,13 @@ impl RequestHead {
                     }
                 }
                 b"x-request-id" => head.request_id = Some(text(value)),
-                b"upgrade" => head.websocket_upgrade = value.eq_ignore_ascii_case(b"websocket"),
+                b"upgrade" | b":protocol" => match &mut head.upgrade {
+                    Some(joined) => {
+                        joined.push(',');
+                        joined.push_str(&String::from_utf8_lossy(value));
+                    }
+                    None => head.upgrade = Some(text(value)),
+                },
                 b"x-envoy-expected-rq-timeout-ms" => {
                     head.client_deadline_headers |= 1 << EXPECTED_TIMEOUT_BIT;
                     if let Ok(inherited) = parse_expected_timeout(value) {
@@ -198,7 +205,7 @@ mod tests {
         assert_eq!(head.path.as_deref(), Some("/ws/events"));
         assert_eq!(head.method.as_deref(), Some("GET"));
         assert_eq!(head.request_id.as_deref(), Some("abc"));
-        assert!(head.websocket_upgrade);
+        assert_eq!(head.upgrade.as_deref(), Some("WebSocket"));
         assert_eq!(
             head.client_deadline_headers().collect::<Vec<_>>(),
             vec![
@@ -206,6 +213,16 @@ mod tests {
                 "x-envoy-upstream-rq-timeout-alt-response"
             ]
         );
+    }
+
+    #[test]
+    fn repeated_upgrade_headers_are_one_token_list() {
+        let bytes = serialize(&[("upgrade", b"websocket"), ("upgrade", b"h2c")]);
+        let head = RequestHead::from_pairs(HeaderPairs::new(&bytes));
+        assert_eq!(head.upgrade.as_deref(), Some("websocket,h2c"));
+        let bytes = serialize(&[(":protocol", b"websocket")]);
+        let head = RequestHead::from_pairs(HeaderPairs::new(&bytes));
+        assert_eq!(head.upgrade.as_deref(), Some("websocket"));
     }
 
     #[test]

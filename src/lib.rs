@@ -14,11 +14,15 @@ pub mod envoy_check;
 pub mod headers;
 pub mod health;
 pub mod json;
+pub mod path;
 pub mod policy;
+#[cfg(test)]
+mod proptests;
 pub mod reply;
 pub mod routing;
 pub mod shared_store;
 pub mod status;
+pub mod upgrade;
 pub mod websocket;
 
 #[cfg(target_arch = "wasm32")]

@@ -18,6 +18,8 @@ pub enum ErrorCode {
     IdentityRequired,
     RouteMismatch,
     UpstreamUnhealthy,
+    InvalidPath,
+    InvalidUpgrade,
     TransportNotAllowed,
     EngineIoBadRequest,
     DestinationNotAllowed,
@@ -35,6 +37,8 @@ impl ErrorCode {
             ErrorCode::IdentityRequired => "identity_required",
             ErrorCode::RouteMismatch => "route_mismatch",
             ErrorCode::UpstreamUnhealthy => "upstream_unhealthy",
+            ErrorCode::InvalidPath => "invalid_path",
+            ErrorCode::InvalidUpgrade => "invalid_upgrade",
             ErrorCode::TransportNotAllowed => "transport_not_allowed",
             ErrorCode::EngineIoBadRequest => "engine_io_bad_request",
             ErrorCode::DestinationNotAllowed => "destination_not_allowed",
@@ -52,6 +56,8 @@ impl ErrorCode {
             ErrorCode::IdentityRequired => 401,
             ErrorCode::RouteMismatch => 502,
             ErrorCode::UpstreamUnhealthy => 503,
+            ErrorCode::InvalidPath => 400,
+            ErrorCode::InvalidUpgrade => 400,
             ErrorCode::TransportNotAllowed | ErrorCode::EngineIoBadRequest => 400,
             ErrorCode::DestinationNotAllowed => 403,
         }
@@ -95,13 +101,16 @@ impl LocalReply {
 }
 
 /// The JSON body of an error; also used to replace Envoy's own plain-text
-/// 504 when the router's timeout fires.
+/// 504 when the router's timeout fires. A missing or empty request id is
+/// `null`, never `""`.
 pub fn error_body(code: ErrorCode, message: &str, request_id: Option<&str>) -> String {
     json::object(|o| {
         o.obj("error", |e| {
-            e.str("code", code.as_str())
-                .str("message", message)
-                .str("request_id", request_id.unwrap_or(""));
+            e.str("code", code.as_str()).str("message", message);
+            match request_id.filter(|id| !id.is_empty()) {
+                Some(id) => e.str("request_id", id),
+                None => e.null("request_id"),
+            };
         });
     })
 }
@@ -120,10 +129,12 @@ mod tests {
     }
 
     #[test]
-    fn missing_request_id_is_an_empty_string() {
-        let v: serde_json::Value =
-            serde_json::from_str(&error_body(ErrorCode::UpstreamTimeout, "m", None)).unwrap();
-        assert_eq!(v["error"]["request_id"], "");
+    fn missing_or_empty_request_id_is_null() {
+        for id in [None, Some("")] {
+            let v: serde_json::Value =
+                serde_json::from_str(&error_body(ErrorCode::UpstreamTimeout, "m", id)).unwrap();
+            assert!(v["error"]["request_id"].is_null(), "{v}");
+        }
     }
 
     #[test]
@@ -138,6 +149,8 @@ mod tests {
             (ErrorCode::IdentityRequired, 401),
             (ErrorCode::RouteMismatch, 502),
             (ErrorCode::UpstreamUnhealthy, 503),
+            (ErrorCode::InvalidPath, 400),
+            (ErrorCode::InvalidUpgrade, 400),
             (ErrorCode::TransportNotAllowed, 400),
             (ErrorCode::EngineIoBadRequest, 400),
             (ErrorCode::DestinationNotAllowed, 403),

@@ -1,7 +1,7 @@
 //! The polling sessions of the whole instance, in shared data: which session (by its
 //! `sid`) holds which slot, and until when it lives without a request.
 //!
-//! Owns: the keys `eg.eio.sessions.<0..N_SHARDS>` (shard = FNV-1a 32 of the sid mod
+//! Owns: the keys `eg.eio.sess.<0..N_SHARDS>` (shard = FNV-1a 32 of the sid mod
 //! [`N_SHARDS`]), their format, and the CAS loops over them. Any worker may see any
 //! request of a session, so the record is shared; every change is a CAS
 //! read-modify-write, so of two workers removing the same session exactly one gets it
@@ -11,14 +11,18 @@
 //! ended (shared-data keys cannot be removed: records live inside fixed shard keys and
 //! only while their session does), or loop without a bound.
 //!
+//! A poll's refresh and the sweep scan a shard's bytes in place, decoding nothing
+//! but the records they remove; 64 shards keep each value small (10,000 sessions:
+//! ~7 KB a shard).
+//!
 //! Format: version byte `1`, then per session `u8 sid length, sid, u8 route length,
 //! route, u16 LE user length (0xFFFF = no counted user), user, u64 LE expiry (ms)`.
 
 use crate::shared_store::{SharedStore, StoreError};
 
-pub const KEY_PREFIX: &str = "eg.eio.sessions.";
+pub const KEY_PREFIX: &str = "eg.eio.sess.";
 /// Part of the shared-data format: never change it without changing [`KEY_PREFIX`].
-pub const N_SHARDS: u32 = 16;
+pub const N_SHARDS: u32 = 64;
 const FORMAT_VERSION: u8 = 1;
 const NO_USER: u16 = u16::MAX;
 /// CAS attempts per change; a release that gives up leaks a slot, so generous.
@@ -59,37 +63,114 @@ pub fn ensure_keys<S: SharedStore + ?Sized>(store: &S) -> Result<(), StoreError>
     Ok(())
 }
 
-fn decode(value: &[u8]) -> Result<Vec<Session>, StoreError> {
-    let Some((&version, mut rest)) = value.split_first() else {
-        return Ok(Vec::new());
-    };
-    if version != FORMAT_VERSION {
-        return Err(StoreError::Corrupt);
-    }
-    let mut out = Vec::new();
-    while !rest.is_empty() {
-        let (sid, r) = take_u8_str(rest)?;
-        let (route, r) = take_u8_str(r)?;
-        let (len, r) = take(r, 2)?;
-        let len = u16::from_le_bytes([len[0], len[1]]);
-        let (user, r) = if len == NO_USER {
-            (None, r)
-        } else {
-            let (user, r) = take(r, usize::from(len))?;
-            (Some(String::from_utf8_lossy(user).into_owned()), r)
-        };
-        let (expiry, r) = take(r, 8)?;
+/// Where one record lies in a shard value, found without allocating: the hot
+/// operations (a poll's refresh, the sweep) only scan.
+#[derive(Debug, Clone, Copy)]
+struct Record<'a> {
+    start: usize,
+    end: usize,
+    sid: &'a [u8],
+    expires_ms: u64,
+}
+
+/// The records of a shard value (`""` is an empty shard), in order.
+fn records(value: &[u8]) -> Records<'_> {
+    Records { value, pos: 0 }
+}
+
+struct Records<'a> {
+    value: &'a [u8],
+    /// 0 before the version byte is checked.
+    pos: usize,
+}
+
+impl<'a> Records<'a> {
+    fn parse(&self) -> Result<Record<'a>, StoreError> {
+        let value = self.value;
+        let start = self.pos;
+        let mut pos = start;
+        let sid_len = usize::from(*value.get(pos).ok_or(StoreError::Corrupt)?);
+        let sid = value
+            .get(pos + 1..pos + 1 + sid_len)
+            .ok_or(StoreError::Corrupt)?;
+        pos += 1 + sid_len;
+        let route_len = usize::from(*value.get(pos).ok_or(StoreError::Corrupt)?);
+        pos += 1 + route_len;
+        let user_len = value.get(pos..pos + 2).ok_or(StoreError::Corrupt)?;
+        let user_len = u16::from_le_bytes([user_len[0], user_len[1]]);
+        pos += 2;
+        if user_len != NO_USER {
+            pos += usize::from(user_len);
+        }
+        let expiry = value.get(pos..pos + 8).ok_or(StoreError::Corrupt)?;
         let mut e = [0u8; 8];
         e.copy_from_slice(expiry);
-        out.push(Session {
+        Ok(Record {
+            start,
+            end: pos + 8,
             sid,
-            route,
-            user,
             expires_ms: u64::from_le_bytes(e),
-        });
-        rest = r;
+        })
     }
-    Ok(out)
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = Result<Record<'a>, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.pos == 0 {
+            match self.value.first() {
+                None => return None,
+                Some(&FORMAT_VERSION) => self.pos = 1,
+                Some(_) => {
+                    self.pos = self.value.len();
+                    return Some(Err(StoreError::Corrupt));
+                }
+            }
+        }
+        if self.pos >= self.value.len() {
+            return None;
+        }
+        let record = self.parse();
+        match &record {
+            Ok(r) => self.pos = r.end,
+            Err(_) => self.pos = self.value.len(),
+        }
+        Some(record)
+    }
+}
+
+fn find<'a>(value: &'a [u8], sid: &str) -> Result<Option<Record<'a>>, StoreError> {
+    for record in records(value) {
+        let record = record?;
+        if record.sid == sid.as_bytes() {
+            return Ok(Some(record));
+        }
+    }
+    Ok(None)
+}
+
+/// The session stored in `bytes` (exactly one record).
+fn decode_record(bytes: &[u8]) -> Result<Session, StoreError> {
+    let (sid, rest) = take_u8_str(bytes)?;
+    let (route, rest) = take_u8_str(rest)?;
+    let (len, rest) = take(rest, 2)?;
+    let len = u16::from_le_bytes([len[0], len[1]]);
+    let (user, rest) = if len == NO_USER {
+        (None, rest)
+    } else {
+        let (user, rest) = take(rest, usize::from(len))?;
+        (Some(String::from_utf8_lossy(user).into_owned()), rest)
+    };
+    let (expiry, _) = take(rest, 8)?;
+    let mut e = [0u8; 8];
+    e.copy_from_slice(expiry);
+    Ok(Session {
+        sid,
+        route,
+        user,
+        expires_ms: u64::from_le_bytes(e),
+    })
 }
 
 fn take(bytes: &[u8], n: usize) -> Result<(&[u8], &[u8]), StoreError> {
@@ -105,47 +186,47 @@ fn take_u8_str(bytes: &[u8]) -> Result<(String, &[u8]), StoreError> {
     Ok((String::from_utf8_lossy(text).into_owned(), rest))
 }
 
-fn encode(sessions: &[Session]) -> Vec<u8> {
-    let mut out = vec![FORMAT_VERSION];
-    for s in sessions {
-        for text in [&s.sid, &s.route] {
-            out.push(u8::try_from(text.len()).unwrap_or(u8::MAX));
-            out.extend_from_slice(text.as_bytes().get(..255).unwrap_or(text.as_bytes()));
-        }
-        match &s.user {
-            Some(user) => {
-                let len = u16::try_from(user.len())
-                    .unwrap_or(NO_USER - 1)
-                    .min(NO_USER - 1);
-                out.extend_from_slice(&len.to_le_bytes());
-                out.extend_from_slice(user.as_bytes().get(..usize::from(len)).unwrap_or_default());
-            }
-            None => out.extend_from_slice(&NO_USER.to_le_bytes()),
-        }
-        out.extend_from_slice(&s.expires_ms.to_le_bytes());
+/// Appends `s` as one record (fields already checked to fit).
+fn encode_record(out: &mut Vec<u8>, s: &Session) {
+    for text in [&s.sid, &s.route] {
+        out.push(u8::try_from(text.len()).unwrap_or(u8::MAX));
+        out.extend_from_slice(text.as_bytes());
     }
-    out
+    match &s.user {
+        Some(user) => {
+            let len = u16::try_from(user.len()).unwrap_or(NO_USER);
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(user.as_bytes());
+        }
+        None => out.extend_from_slice(&NO_USER.to_le_bytes()),
+    }
+    out.extend_from_slice(&s.expires_ms.to_le_bytes());
 }
 
-/// Read-modify-write of one shard under CAS; `change` returns its result and whether
-/// the shard must be written.
+/// What a change does to a shard value.
+enum Change<T> {
+    /// Nothing to write.
+    Keep(T),
+    /// Write this value.
+    Write(Vec<u8>, T),
+}
+
+/// Read-modify-write of one shard under CAS.
 fn update<S: SharedStore + ?Sized, T>(
     store: &S,
     shard: u32,
-    mut change: impl FnMut(&mut Vec<Session>) -> (T, bool),
+    mut change: impl FnMut(&[u8]) -> Result<Change<T>, StoreError>,
 ) -> Result<T, StoreError> {
     let key = shard_key(shard);
     for _ in 0..ATTEMPTS {
         let (value, cas) = store.get(&key)?.ok_or(StoreError::MissingKey)?;
-        let mut sessions = decode(&value)?;
-        let (result, write) = change(&mut sessions);
-        if !write {
-            return Ok(result);
-        }
-        match store.set(&key, &encode(&sessions), cas) {
-            Ok(()) => return Ok(result),
-            Err(StoreError::CasMismatch) => continue,
-            Err(e) => return Err(e),
+        match change(&value)? {
+            Change::Keep(result) => return Ok(result),
+            Change::Write(new, result) => match store.set(&key, &new, cas) {
+                Ok(()) => return Ok(result),
+                Err(StoreError::CasMismatch) => continue,
+                Err(e) => return Err(e),
+            },
         }
     }
     Err(StoreError::CasMismatch)
@@ -164,13 +245,17 @@ pub fn insert<S: SharedStore + ?Sized>(store: &S, session: &Session) -> Result<b
     {
         return Ok(false);
     }
-    update(store, shard_of(&session.sid), |sessions| {
-        if sessions.iter().any(|s| s.sid == session.sid) {
-            (false, false)
-        } else {
-            sessions.push(session.clone());
-            (true, true)
+    update(store, shard_of(&session.sid), |value| {
+        if find(value, &session.sid)?.is_some() {
+            return Ok(Change::Keep(false));
         }
+        let mut new = if value.is_empty() {
+            vec![FORMAT_VERSION]
+        } else {
+            value.to_vec()
+        };
+        encode_record(&mut new, session);
+        Ok(Change::Write(new, true))
     })
 }
 
@@ -181,17 +266,18 @@ pub fn refresh<S: SharedStore + ?Sized>(
     sid: &str,
     expires_ms: u64,
 ) -> Result<bool, StoreError> {
-    update(store, shard_of(sid), |sessions| {
-        match sessions.iter_mut().find(|s| s.sid == sid) {
-            None => (false, false),
-            Some(s) => {
-                let write = expires_ms > s.expires_ms.saturating_add(REFRESH_GRANULARITY_MS);
-                if write {
-                    s.expires_ms = expires_ms;
-                }
-                (true, write)
-            }
+    update(store, shard_of(sid), |value| {
+        let Some(record) = find(value, sid)? else {
+            return Ok(Change::Keep(false));
+        };
+        if expires_ms <= record.expires_ms.saturating_add(REFRESH_GRANULARITY_MS) {
+            return Ok(Change::Keep(true));
         }
+        let mut new = value.to_vec();
+        if let Some(slot) = new.get_mut(record.end - 8..record.end) {
+            slot.copy_from_slice(&expires_ms.to_le_bytes());
+        }
+        Ok(Change::Write(new, true))
     })
 }
 
@@ -201,29 +287,46 @@ pub fn remove<S: SharedStore + ?Sized>(
     store: &S,
     sid: &str,
 ) -> Result<Option<Session>, StoreError> {
-    update(store, shard_of(sid), |sessions| {
-        match sessions.iter().position(|s| s.sid == sid) {
-            None => (None, false),
-            Some(i) => (Some(sessions.swap_remove(i)), true),
-        }
+    update(store, shard_of(sid), |value| {
+        let Some(record) = find(value, sid)? else {
+            return Ok(Change::Keep(None));
+        };
+        let session = decode_record(value.get(record.start..record.end).unwrap_or_default())?;
+        let mut new = value.get(..record.start).unwrap_or_default().to_vec();
+        new.extend_from_slice(value.get(record.end..).unwrap_or_default());
+        Ok(Change::Write(new, Some(session)))
     })
 }
 
 /// Ends every session expired at `now_ms` and hands their records back; each is
-/// handed to exactly one caller, whichever worker asks.
+/// handed to exactly one caller, whichever worker asks. A shard with nothing expired
+/// is only read.
 pub fn take_expired<S: SharedStore + ?Sized>(
     store: &S,
     now_ms: u64,
 ) -> Result<Vec<Session>, StoreError> {
     let mut out = Vec::new();
     for shard in 0..N_SHARDS {
-        let expired = update(store, shard, |sessions| {
-            let (gone, kept): (Vec<Session>, Vec<Session>) = std::mem::take(sessions)
-                .into_iter()
-                .partition(|s| s.expires_ms <= now_ms);
-            *sessions = kept;
-            let write = !gone.is_empty();
-            (gone, write)
+        let expired = update(store, shard, |value| {
+            let mut any = false;
+            for r in records(value) {
+                any |= r?.expires_ms <= now_ms;
+            }
+            if !any {
+                return Ok(Change::Keep(Vec::new()));
+            }
+            let mut new = vec![FORMAT_VERSION];
+            let mut gone = Vec::new();
+            for r in records(value) {
+                let r = r?;
+                let bytes = value.get(r.start..r.end).unwrap_or_default();
+                if r.expires_ms <= now_ms {
+                    gone.push(decode_record(bytes)?);
+                } else {
+                    new.extend_from_slice(bytes);
+                }
+            }
+            Ok(Change::Write(new, gone))
         })?;
         out.extend(expired);
     }
@@ -235,7 +338,10 @@ pub fn count<S: SharedStore + ?Sized>(store: &S) -> Result<usize, StoreError> {
     let mut n = 0;
     for shard in 0..N_SHARDS {
         if let Some((value, _)) = store.get(&shard_key(shard))? {
-            n += decode(&value)?.len();
+            for record in records(&value) {
+                record?;
+                n += 1;
+            }
         }
     }
     Ok(n)
@@ -282,7 +388,7 @@ mod tests {
         );
         assert_eq!(count(&store).unwrap(), 0);
         // Nothing stays behind in the shard keys.
-        assert!(store.total_bytes() <= (N_SHARDS as usize) * (KEY_PREFIX.len() + 3 + 1));
+        assert!(store.total_bytes() <= (N_SHARDS as usize) * (KEY_PREFIX.len() + 2 + 1));
     }
 
     #[test]
@@ -325,13 +431,12 @@ mod tests {
             .unwrap();
         let injected = std::cell::Cell::new(false);
         let other_session = session(&other, None, 99);
+        let store_keys = store.keys();
+        assert!(store_keys.contains(&shard_key(shard_of("a"))));
         let key = shard_key(shard_of("a"));
         store.set_before_set_hook(move |s: &MemoryStore, k: &str| {
             if k == key && !injected.replace(true) {
-                let (value, _) = s.get(k).unwrap().unwrap();
-                let mut sessions = decode(&value).unwrap();
-                sessions.push(other_session.clone());
-                s.set(k, &encode(&sessions), 0).unwrap();
+                insert(s, &other_session).unwrap();
             }
             None
         });
@@ -339,6 +444,20 @@ mod tests {
         store.clear_before_set_hook();
         assert_eq!(count(&store).unwrap(), 1);
         assert!(remove(&store, &other).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_corrupt_shard_is_an_error_not_a_guess() {
+        let store = store();
+        let key = shard_key(shard_of("abc"));
+        store.set(&key, &[FORMAT_VERSION, 3, b'a'], 0).unwrap();
+        assert_eq!(refresh(&store, "abc", 1), Err(StoreError::Corrupt));
+        store.set(&key, &[9], 0).unwrap();
+        assert_eq!(remove(&store, "abc"), Err(StoreError::Corrupt));
+        // An empty value (never written) is an empty shard.
+        store.set(&key, &[], 0).unwrap();
+        assert!(insert(&store, &session("abc", None, 5)).unwrap());
+        assert_eq!(count(&store).unwrap(), 1);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde_json::Value;
 
+use super::edge;
 use super::matching::{self, select_route, Request, Selection};
 use super::model::{
     quoted_list, Action, EnvoyConfig, EnvoyRoute, FilterKind, Hcm, HttpFilter, PathMatch,
@@ -84,6 +85,15 @@ pub fn validate(envoy_doc: &Value, options: &Options) -> Result<Report, String> 
     }
 
     let Some(policy) = policy else {
+        for (hcm, is_guarded) in envoy.hcms.iter().zip(&guarded) {
+            if *is_guarded {
+                out.findings
+                    .extend(edge::check_hcm(&hcm.label, &hcm.edge, None));
+            }
+        }
+        if any_guarded {
+            out.findings.extend(edge::check_process(&envoy.process));
+        }
         return Ok(out.into_report(policy_source));
     };
     for w in &policy.warnings {
@@ -111,6 +121,10 @@ pub fn validate(envoy_doc: &Value, options: &Options) -> Result<Report, String> 
             }
             continue;
         }
+        if *is_guarded {
+            out.findings
+                .extend(edge::check_hcm(&hcm.label, &hcm.edge, Some(policy)));
+        }
         let landing = match rc {
             Some(rc) => check_routes(hcm, rc, policy, options.host, &mut out),
             None => vec![Vec::new(); policy.routes.len()],
@@ -118,6 +132,9 @@ pub fn validate(envoy_doc: &Value, options: &Options) -> Result<Report, String> 
         check_websockets(hcm, policy, &landing, &mut out);
         check_timeouts(hcm, policy, &landing, &mut out);
         check_egress_callers(hcm, policy, &mut out);
+    }
+    if any_guarded {
+        out.findings.extend(edge::check_process(&envoy.process));
     }
     Ok(out.into_report(policy_source))
 }

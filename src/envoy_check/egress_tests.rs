@@ -45,7 +45,14 @@ fn hcm(policy: &Value, virtual_hosts: Value) -> Value {
         "internal_address_config": {"cidr_ranges": [{"address_prefix": "127.0.0.0", "prefix_len": 8}]},
         "route_config": {"name": "r", "virtual_hosts": virtual_hosts},
         "http_filters": [filter(policy), {"name": "envoy.filters.http.router",
-            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+        // The shipped edge settings (checked by `edge`'s own tests).
+        "normalize_path": true,
+        "merge_slashes": true,
+        "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT",
+        "common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST"},
+        "http2_protocol_options": {"max_concurrent_streams": 100, "initial_stream_window_size": 65536, "initial_connection_window_size": 1048576},
+        "local_reply_config": {"mappers": [{"body_format_override": {"json_format": {"error": {}}}}]}
     })
 }
 
@@ -72,6 +79,10 @@ fn envoy(egress_hcm: Value) -> Value {
             listener("egress", egress_hcm)
         ],
         "clusters": [{"name": "booking_service"}, {"name": "course_service"}, {"name": "sms_api"}, {"name": "partner_api"}]
+    },
+    "overload_manager": {
+        "resource_monitors": [{"name": "envoy.resource_monitors.global_downstream_max_connections"}],
+        "actions": [{"name": "envoy.overload_actions.stop_accepting_requests"}]
     }})
 }
 

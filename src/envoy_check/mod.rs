@@ -25,6 +25,12 @@
 //! - `hcm_stream_idle_timeout_short`, `hcm_request_timeout_short`,
 //!   `route_idle_timeout_short` (errors); `request_headers_timeout_missing`,
 //!   `route_timeout_short` (warnings).
+//! - Edge settings (`edge`): `local_reply_config_missing` (error),
+//!   `headers_with_underscores_allowed` (error when the identity is a header,
+//!   else warning); `path_normalization_missing`, `escaped_slashes_kept`,
+//!   `remote_address_untrusted`, `http2_limits_missing`,
+//!   `upgrade_type_refused`, `connection_limit_missing`,
+//!   `overload_manager_missing` (warnings).
 //! - `egress_budget_header_stripped` (warning): an egress-mode listener
 //!   without `internal_address_config`, so Envoy drops the forwarded budget.
 //! - `route_config_missing` (error for a config_dump, warning for a
@@ -33,6 +39,7 @@
 
 mod checks;
 mod cli;
+pub mod edge;
 mod matching;
 pub mod model;
 mod regex;

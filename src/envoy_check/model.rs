@@ -32,6 +32,8 @@ pub struct EnvoyConfig {
     pub clusters: Option<Vec<String>>,
     /// What could not be read or checked, as warnings.
     pub notes: Vec<Finding>,
+    /// Connection limits and the overload manager.
+    pub process: super::edge::ProcessLimits,
 }
 
 /// One `envoy.filters.network.http_connection_manager`.
@@ -51,6 +53,8 @@ pub struct Hcm {
     pub max_stream_duration: Option<Millis>,
     /// The HCM's `upgrade_configs` entry for `websocket`, if any.
     pub websocket: Option<Upgrade>,
+    /// Path, address, header and HTTP/2 settings and local_reply_config.
+    pub edge: super::edge::EdgeSettings,
     /// `internal_address_config.cidr_ranges` is set: Envoy keeps the
     /// `x-envoy-*` headers of callers in those ranges (egress mode needs the
     /// forwarded `x-envoy-expected-rq-timeout-ms`).
@@ -250,7 +254,7 @@ pub fn quoted_list(items: &[String]) -> String {
 // Reading JSON
 
 /// A field by its proto name, or its lowerCamelCase JSON name.
-fn field<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
+pub(super) fn field<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
     let obj = v.as_object()?;
     obj.get(name).or_else(|| {
         if !name.contains('_') {
@@ -287,7 +291,7 @@ fn array<'a>(v: &'a Value, name: &str) -> impl Iterator<Item = &'a Value> {
         .flatten()
 }
 
-fn bool_field(v: &Value, name: &str) -> Option<bool> {
+pub(super) fn bool_field(v: &Value, name: &str) -> Option<bool> {
     field(v, name).and_then(|b| {
         b.as_bool()
             .or_else(|| field(b, "value").and_then(Value::as_bool))
@@ -431,6 +435,7 @@ fn read_bootstrap(doc: &Value, reader: &mut Reader) -> EnvoyConfig {
         route_configs: Vec::new(),
         clusters,
         notes: std::mem::take(&mut reader.notes),
+        process: super::edge::read_process(Some(doc), array(&statics, "listeners")),
     }
 }
 
@@ -449,12 +454,17 @@ fn read_config_dump(configs: &[Value], reader: &mut Reader) -> EnvoyConfig {
     let mut ecds: Vec<(String, Value)> = Vec::new();
     let mut route_configs = Vec::new();
     let mut clusters: Option<Vec<String>> = None;
+    let mut bootstrap = None;
+    let mut listeners = Vec::new();
     for config in configs {
         let type_url = str_field(config, "@type").unwrap_or_default();
-        if type_url.ends_with(".ListenersConfigDump") {
+        if type_url.ends_with(".BootstrapConfigDump") {
+            bootstrap = field(config, "bootstrap");
+        } else if type_url.ends_with(".ListenersConfigDump") {
             for entry in array(config, "static_listeners") {
                 if let Some(listener) = field(entry, "listener") {
                     read_listener(listener, &mut hcms, reader);
+                    listeners.push(listener);
                 }
             }
             for entry in array(config, "dynamic_listeners") {
@@ -462,6 +472,7 @@ fn read_config_dump(configs: &[Value], reader: &mut Reader) -> EnvoyConfig {
                     field(entry, "active_state").and_then(|s| field(s, "listener"))
                 {
                     read_listener(listener, &mut hcms, reader);
+                    listeners.push(listener);
                 }
             }
         } else if type_url.ends_with(".ClustersConfigDump") {
@@ -504,6 +515,7 @@ fn read_config_dump(configs: &[Value], reader: &mut Reader) -> EnvoyConfig {
         route_configs,
         clusters,
         notes: std::mem::take(&mut reader.notes),
+        process: super::edge::read_process(bootstrap, listeners),
     }
 }
 
@@ -563,6 +575,7 @@ fn read_hcm(config: &Value, label: String, reader: &mut Reader) -> Hcm {
         .cloned()
         .unwrap_or(Value::Null);
     Hcm {
+        edge: super::edge::read_hcm(config),
         stream_idle_timeout: reader.duration(config, "stream_idle_timeout", &label),
         request_timeout: reader.duration(config, "request_timeout", &label),
         request_headers_timeout: reader.duration(config, "request_headers_timeout", &label),

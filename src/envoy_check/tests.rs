@@ -57,7 +57,15 @@ fn hcm_with(routes: Value) -> Value {
         "stat_prefix": "ingress",
         "request_headers_timeout": "10s",
         "route_config": {"name": "local", "virtual_hosts": [{"name": "backend", "domains": ["*"], "routes": routes}]},
-        "http_filters": [wasm_filter(), router()]
+        "http_filters": [wasm_filter(), router()],
+        // The shipped edge settings (checked by `edge`'s own tests).
+        "use_remote_address": true,
+        "normalize_path": true,
+        "merge_slashes": true,
+        "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT",
+        "common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST"},
+        "http2_protocol_options": {"max_concurrent_streams": 100, "initial_stream_window_size": 65536, "initial_connection_window_size": 1048576},
+        "local_reply_config": {"mappers": [{"body_format_override": {"json_format": {"error": {}}}}]}
     })
 }
 
@@ -68,10 +76,16 @@ fn listener(name: &str, hcm: Value) -> Value {
 }
 
 fn bootstrap_with(hcm: Value) -> Value {
-    json!({"static_resources": {
-        "listeners": [listener("main", hcm)],
-        "clusters": [{"name": "course_service"}, {"name": "event_service"}]
-    }})
+    json!({
+        "static_resources": {
+            "listeners": [listener("main", hcm)],
+            "clusters": [{"name": "course_service"}, {"name": "event_service"}]
+        },
+        "overload_manager": {
+            "resource_monitors": [{"name": "envoy.resource_monitors.global_downstream_max_connections"}],
+            "actions": [{"name": "envoy.overload_actions.stop_accepting_requests"}]
+        }
+    })
 }
 
 fn good() -> Value {
@@ -855,6 +869,54 @@ mod yaml_fixtures {
             ),
             ("route_timeout_short.yaml", 0, &["route_timeout_short"]),
             ("websocket_idle_cut.yaml", 0, &["websocket_idle_cut"]),
+            // Edge settings (envoy/envoy.yaml ships every one of them).
+            (
+                "local_reply_config_missing.yaml",
+                1,
+                &["local_reply_config_missing"],
+            ),
+            (
+                "path_normalization_missing.yaml",
+                0,
+                &["path_normalization_missing"],
+            ),
+            ("escaped_slashes_kept.yaml", 0, &["escaped_slashes_kept"]),
+            (
+                "remote_address_untrusted.yaml",
+                0,
+                &["remote_address_untrusted"],
+            ),
+            (
+                "headers_with_underscores_allowed.yaml",
+                0,
+                &["headers_with_underscores_allowed"],
+            ),
+            ("http2_limits_missing.yaml", 0, &["http2_limits_missing"]),
+            ("upgrade_type_refused.yaml", 0, &["upgrade_type_refused"]),
+            (
+                "connection_limit_missing.yaml",
+                0,
+                &["connection_limit_missing"],
+            ),
+            (
+                "overload_manager_missing.yaml",
+                0,
+                &["overload_manager_missing"],
+            ),
+            (
+                "edge_defaults.yaml",
+                1,
+                &[
+                    "local_reply_config_missing",
+                    "path_normalization_missing",
+                    "escaped_slashes_kept",
+                    "remote_address_untrusted",
+                    "headers_with_underscores_allowed",
+                    "http2_limits_missing",
+                    "connection_limit_missing",
+                    "overload_manager_missing",
+                ],
+            ),
         ];
         for (file, code, expected) in cases {
             let (got_code, stdout) = ids_of(file, &[]);

@@ -12,7 +12,7 @@
 //! request goes on as any other (an unknown route).
 
 use crate::drain::{self, InstanceView};
-use crate::policy::cidr::ip_of_socket_address;
+use crate::policy::cidr::peer_ip_of_socket_address;
 use crate::policy::Cidr;
 use crate::reply::LocalReply;
 use crate::routing::Method;
@@ -52,9 +52,11 @@ fn endpoint(worker: &Worker, path: &str, method: Method) -> Option<Endpoint> {
     None
 }
 
+/// Only the connection's own peer address counts: an address Envoy took
+/// from a header (no port) never opens an endpoint.
 fn source_in(allow: &[Cidr]) -> bool {
     host::property_text(vec!["source", "address"])
-        .and_then(|addr| ip_of_socket_address(&addr))
+        .and_then(|addr| peer_ip_of_socket_address(&addr))
         .is_some_and(|ip| allow.iter().any(|cidr| cidr.contains(ip)))
 }
 

@@ -98,10 +98,6 @@ pub fn set_request_header(name: &str, value: Option<&str>) {
     let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
 }
 
-pub fn set_response_header(name: &str, value: Option<&str>) {
-    let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value);
-}
-
 /// A property as UTF-8 text (`xds.cluster_name`, `source.address`, ...).
 pub fn property_text(path: Vec<&str>) -> Option<String> {
     hostcalls::get_property(path)

@@ -1,7 +1,8 @@
 //! The HTTP context: one per request (or WebSocket connection).
 //!
-//! Owns the order of the per-request decisions — status endpoint, route
-//! table, Envoy cross-check, health, deadline or WebSocket admission — and
+//! Owns the order of the per-request decisions — upgrade classification,
+//! path canonicalisation, status endpoint, route table, Envoy cross-check,
+//! health, deadline or WebSocket admission — and
 //! carries each out with as few host calls as it can. A plain GET on a known
 //! route costs seven: the request header map (read once, in place), the
 //! `xds.cluster_name` property, the router-timeout header set, the clock at
@@ -18,9 +19,11 @@ use crate::budget;
 use crate::deadline::{header_value, Deadline, DeadlineHit, Phase};
 use crate::egress;
 use crate::headers::RequestHead;
+use crate::path;
 use crate::policy::{Identity, OnMismatch, Route, TimeoutClass, UnknownRoute};
-use crate::reply::{error_body, ErrorCode, LocalReply};
+use crate::reply::{ErrorCode, LocalReply};
 use crate::routing::{Method, RouteMatch};
+use crate::upgrade::{self, UpgradeKind};
 use crate::websocket::compression;
 use crate::websocket::frame::ChunkSource;
 use crate::websocket::monitor::{close_frame, ConnectionMonitor, Direction, Verdict};
@@ -56,8 +59,6 @@ pub struct EdgeGuardHttp {
     /// When the headers arrived (ms), for the duration histogram; 0 = not timed.
     started_ms: u64,
     watched: Option<WatchedRef>,
-    /// Envoy's router timed out: replace its plain-text body with ours.
-    rewrite_timeout_body: bool,
     /// `x-request-id`, kept from the request headers: Envoy 1.40 gives no
     /// access to request headers (nor `request.id`) in later callbacks.
     request_id: Option<String>,
@@ -73,7 +74,6 @@ impl EdgeGuardHttp {
             route: None,
             started_ms: 0,
             watched: None,
-            rewrite_timeout_body: false,
             request_id: None,
             engine_io: None,
         }
@@ -135,7 +135,7 @@ impl EdgeGuardHttp {
         &mut self,
         id: usize,
         head: &RequestHead,
-        method: Method,
+        upgrade: bool,
         end_of_stream: bool,
     ) -> Action {
         let worker = Rc::clone(&self.worker);
@@ -144,7 +144,6 @@ impl EdgeGuardHttp {
             return Action::Continue;
         };
         self.route = Some(id);
-        let upgrade = method == Method::Get && head.websocket_upgrade;
         if upgrade && !route.websocket {
             return self.reject(
                 ErrorCode::RouteNotFound,
@@ -603,19 +602,30 @@ impl HttpContext for EdgeGuardHttp {
         // Kept for every reply this stream may get, now or later: request
         // headers are out of reach after this callback.
         self.request_id = head.request_id.take();
-        let Some(path) = head.path.as_deref() else {
-            return Action::Continue;
-        };
         let method = Method::parse(head.method.as_deref().unwrap_or_default());
+        let websocket = match upgrade::classify(method, head.upgrade.as_deref()) {
+            UpgradeKind::Refused(why) => {
+                return self.reject(ErrorCode::InvalidUpgrade, &why.to_string(), None)
+            }
+            kind => kind == UpgradeKind::WebSocket,
+        };
+        let Some(path) = head.path.as_deref() else {
+            return self.reject(ErrorCode::InvalidPath, "the request has no path", None);
+        };
+        // Decided before any route lookup: a path Envoy and the upstream
+        // could read differently is never resolved, counted or logged.
+        if let Err(problem) = path::check(path) {
+            return self.reject(ErrorCode::InvalidPath, &problem.to_string(), None);
+        }
         let worker = Rc::clone(&self.worker);
         let policy = &worker.policy;
-        let path_only = path.split('?').next().unwrap_or_default();
+        let path_only = path::path_part(path);
         if endpoints::answer(&worker, path_only, method) {
             return Action::Pause;
         }
         let authority = head.authority.as_deref().unwrap_or_default();
         match policy.resolve(authority, path, method) {
-            RouteMatch::Route(id) => self.on_route(id, &head, method, end_of_stream),
+            RouteMatch::Route(id) => self.on_route(id, &head, websocket, end_of_stream),
             RouteMatch::MethodNotAllowed { allowed } => self.reject(
                 ErrorCode::MethodNotAllowed,
                 &format!(
@@ -623,6 +633,12 @@ impl HttpContext for EdgeGuardHttp {
                     method.name()
                 ),
                 Some(("allow", allowed.to_string())),
+            ),
+            // An upgrade is never let through without a route that counts it.
+            RouteMatch::NotFound if websocket => self.reject(
+                ErrorCode::RouteNotFound,
+                &format!("no WebSocket route for {path_only}"),
+                None,
             ),
             RouteMatch::NotFound => match policy.unknown_route {
                 // Let through, but never without a deadline: the default class.
@@ -714,11 +730,9 @@ impl HttpContext for EdgeGuardHttp {
             && host::property_text(vec!["response", "code_details"])
                 .is_some_and(|details| ROUTER_TIMEOUT_DETAILS.contains(&details.as_str()))
         {
-            // Envoy's router gave up at the budget edge-guard set: same error,
-            // same JSON shape as every other edge-guard reply.
-            self.rewrite_timeout_body = true;
-            host::set_response_header("content-type", Some("application/json"));
-            host::set_response_header("content-length", None);
+            // Envoy's router gave up at the budget edge-guard set. Its body
+            // is the JSON error already: the connection manager's
+            // local_reply_config writes it (envoy/envoy.yaml).
             if let Some(m) = route_metrics {
                 metrics::increment(m.deadline_hit(DeadlineHit::UpstreamTimeout), 1);
             }
@@ -733,19 +747,6 @@ impl HttpContext for EdgeGuardHttp {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if self.rewrite_timeout_body {
-            if !end_of_stream {
-                return Action::Pause;
-            }
-            self.rewrite_timeout_body = false;
-            let body = error_body(
-                ErrorCode::UpstreamTimeout,
-                UPSTREAM_TIMEOUT_MESSAGE,
-                self.request_id.as_deref(),
-            );
-            host::replace_body(BufferType::HttpResponseBody, 0, body_size, body.as_bytes());
-            return Action::Continue;
-        }
         if self.engine_io.is_some() {
             self.engine_io_response_body(body_size, end_of_stream);
         }

@@ -99,11 +99,13 @@ const WS_REJECTIONS: [ErrorCode; 3] = [
     ErrorCode::IdentityRequired,
 ];
 
-const REJECTIONS: [ErrorCode; 7] = [
+const REJECTIONS: [ErrorCode; 9] = [
     ErrorCode::RouteNotFound,
     ErrorCode::MethodNotAllowed,
     ErrorCode::RouteMismatch,
     ErrorCode::UpstreamUnhealthy,
+    ErrorCode::InvalidPath,
+    ErrorCode::InvalidUpgrade,
     ErrorCode::TransportNotAllowed,
     ErrorCode::EngineIoBadRequest,
     ErrorCode::DestinationNotAllowed,

@@ -79,12 +79,47 @@ pub fn ip_of_socket_address(text: &str) -> Option<IpAddr> {
     }
 }
 
+/// The IP of the connection's direct peer, from Envoy's `source.address`
+/// (`ip:port`), or `None` when that address cannot be the connection's.
+///
+/// Envoy replaces the connection's address with one taken from a header
+/// (`x-forwarded-for` without `use_remote_address`, or with
+/// `xff_num_trusted_hops`; the original-IP-detection extensions) and such an
+/// address has no port: Envoy renders it as `ip:0`. A TCP peer always has a
+/// port, so a port of 0 (or none) means the address came from a header and
+/// proves nothing about who connected.
+pub fn peer_ip_of_socket_address(text: &str) -> Option<IpAddr> {
+    let port = match text.strip_prefix('[') {
+        Some(rest) => rest.split_once(']')?.1.strip_prefix(':')?,
+        None => text.rsplit_once(':')?.1,
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => ip_of_socket_address(text),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_peer_has_a_port_a_header_address_does_not() {
+        assert_eq!(
+            peer_ip_of_socket_address("127.0.0.2:41234"),
+            Some(ip("127.0.0.2"))
+        );
+        assert_eq!(peer_ip_of_socket_address("[::1]:5"), Some(ip("::1")));
+        assert_eq!(peer_ip_of_socket_address("127.0.0.1:0"), None);
+        assert_eq!(peer_ip_of_socket_address("[::1]:0"), None);
+        assert_eq!(peer_ip_of_socket_address("127.0.0.1"), None);
+        assert_eq!(peer_ip_of_socket_address("::1"), None);
+        assert_eq!(peer_ip_of_socket_address(""), None);
+        assert_eq!(peer_ip_of_socket_address("x:80"), None);
     }
 
     #[test]

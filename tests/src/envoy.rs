@@ -63,6 +63,9 @@ pub struct EnvoyBuilder {
     ready_timeout: Duration,
     extra_args: Vec<String>,
     internal_cidrs: Vec<String>,
+    use_remote_address: bool,
+    edge_settings: bool,
+    request_headers_timeout: Duration,
     closed_ports: Vec<ClosedPort>,
     failure_policy: String,
     wasm_path: Option<PathBuf>,
@@ -180,6 +183,27 @@ impl EnvoyBuilder {
     /// filter stands between them and the router.
     pub fn internal_clients(mut self, cidrs: &[&str]) -> Self {
         self.internal_cidrs = cidrs.iter().map(|c| c.to_string()).collect();
+        self
+    }
+    /// HCM `use_remote_address` (default `true`). `false` is Envoy's own
+    /// default: the downstream address then comes from `x-forwarded-for`.
+    pub fn use_remote_address(mut self, on: bool) -> Self {
+        self.use_remote_address = on;
+        self
+    }
+    /// The HTTP connection manager gets the edge settings shipped in
+    /// `envoy/envoy.yaml` (the block between `# edge-settings:begin` and
+    /// `# edge-settings:end`, copied as is: path normalisation,
+    /// `use_remote_address`, header and HTTP/2 limits, `local_reply_config`)
+    /// instead of Envoy's default path and address handling. Without it the
+    /// harness still copies the shipped `local_reply_config`.
+    pub fn shipped_edge_settings(mut self) -> Self {
+        self.edge_settings = true;
+        self
+    }
+    /// HCM `request_headers_timeout` (default 10 s).
+    pub fn request_headers_timeout(mut self, d: Duration) -> Self {
+        self.request_headers_timeout = d;
         self
     }
     /// Any further Envoy command-line argument.
@@ -435,6 +459,9 @@ impl Envoy {
             ready_timeout: READY_TIMEOUT,
             extra_args: Vec::new(),
             internal_cidrs: Vec::new(),
+            use_remote_address: true,
+            edge_settings: false,
+            request_headers_timeout: Duration::from_secs(10),
             closed_ports: Vec::new(),
             failure_policy: "FAIL_CLOSED".into(),
             wasm_path: None,
@@ -488,6 +515,16 @@ impl Envoy {
     }
     pub fn try_request(&self, req: Request) -> std::io::Result<Response> {
         http::send(self.addr(), &req)
+    }
+    /// Sends a request from another local address (e.g. `127.0.0.2`, a
+    /// different client on loopback); panics on transport errors.
+    pub fn request_from(&self, source: std::net::Ipv4Addr, req: Request) -> Response {
+        http::send_from(source, self.addr(), &req).unwrap_or_else(|e| {
+            panic!(
+                "{} {} from {source} through Envoy failed: {e}",
+                req.method, req.path
+            )
+        })
     }
     /// POSTs `total_len` bytes to `path`, `chunk` bytes every `interval`; see `http::slow_upload`.
     pub fn slow_upload(
@@ -690,6 +727,28 @@ fn is_startup_inventory(line: &str) -> bool {
 
 // ---- bootstrap rendering ------------------------------------------------------
 
+/// A block of `envoy/envoy.yaml` between its `# NAME:begin` and `# NAME:end`
+/// lines: `edge-settings` (every HCM edge setting) or `local-reply` (the
+/// `local_reply_config` that gives Envoy's own errors the JSON shape).
+pub fn shipped_block(name: &str) -> String {
+    let path = paths::repo_root().join("envoy/envoy.yaml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let (begin, end) = (format!("# {name}:begin"), format!("# {name}:end"));
+    let block: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with(&begin))
+        .skip(1)
+        .take_while(|l| !l.trim_start().starts_with(&end))
+        .collect();
+    assert!(
+        !block.is_empty(),
+        "no `{begin}` … `{end}` block in {}",
+        path.display()
+    );
+    block.join("\n")
+}
+
 /// A YAML scalar: JSON string syntax is valid YAML and escapes everything.
 fn q(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_default()
@@ -831,17 +890,31 @@ static_resources:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: ingress
           codec_type: AUTO
-          use_remote_address: true
           # Keep the client's x-request-id: the filter echoes it in its error replies.
           preserve_external_request_id: true
           stream_idle_timeout: 3600s
-          request_headers_timeout: 10s
           upgrade_configs: [{upgrade_type: websocket}]
-          route_config:
-            name: edge_routes
-            virtual_hosts:
 "#
         .replace("LISTENER_PORT", &b.listener_port.to_string()),
+    );
+    let _ = writeln!(
+        y,
+        "          request_headers_timeout: {:.3}s",
+        b.request_headers_timeout.as_secs_f64()
+    );
+    if b.edge_settings {
+        y.push_str(&indent(&shipped_block("edge-settings"), 10));
+    } else {
+        // Envoy's default path and header handling; the shipped
+        // local_reply_config is part of every edge-guard deployment.
+        let _ = writeln!(y, "          use_remote_address: {}", b.use_remote_address);
+        y.push_str(&indent(&shipped_block("local-reply"), 10));
+    }
+    y.push_str(
+        r#"          route_config:
+            name: edge_routes
+            virtual_hosts:
+"#,
     );
     let egress = egress_virtual_hosts(&b.policy);
     if b.routes_yaml.is_some() || egress.is_none() {

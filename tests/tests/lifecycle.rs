@@ -43,8 +43,14 @@ fn assert_capacity(r: &UpgradeRejected) {
     assert!(r.header("retry-after").is_some(), "{r:?}");
 }
 
+/// Envoy's own 503 for a worker whose VM failed under `FAIL_CLOSED`.
+fn dead_worker(r: &UpgradeRejected) -> bool {
+    r.status == 503 && r.error_code().as_deref() == Some("filter_unavailable")
+}
+
 /// Opens upgrades until `n` are admitted; upgrades that land on a worker
-/// whose VM is dead (`FAIL_CLOSED`: Envoy's bare 503) are retried. Panics
+/// whose VM is dead (`FAIL_CLOSED`: Envoy's own 503, `filter_unavailable`
+/// from the shipped local_reply_config) are retried. Panics
 /// on a capacity rejection before `n`.
 fn admit_exactly(envoy: &Envoy, n: usize) -> Vec<WsClient> {
     let mut open = Vec::new();
@@ -52,7 +58,7 @@ fn admit_exactly(envoy: &Envoy, n: usize) -> Vec<WsClient> {
     while open.len() < n {
         match envoy.websocket(EVENTS, &[]) {
             Ok(ws) => open.push(ws),
-            Err(r) if r.status == 503 && r.error_code().is_none() => {
+            Err(r) if dead_worker(&r) => {
                 dead_worker_503s += 1;
                 assert!(dead_worker_503s < 200, "only dead-worker 503s: {r:?}");
             }
@@ -67,7 +73,7 @@ fn assert_full(envoy: &Envoy) {
     for _ in 0..200 {
         match envoy.websocket(EVENTS, &[]) {
             Ok(_) => panic!("an upgrade beyond the limit was admitted"),
-            Err(r) if r.status == 503 && r.error_code().is_none() => continue,
+            Err(r) if dead_worker(&r) => continue,
             Err(r) => return assert_capacity(&r),
         }
     }

@@ -1042,9 +1042,11 @@ fn jwt_identity_counts_the_verified_claim_and_ignores_a_spoofed_header() {
     );
     let r = refused(&envoy, EVENTS, &[("authorization", &forged)]);
     assert_eq!(r.status, 401, "{r:?}");
+    // jwt_authn's own 401, in the JSON shape the shipped local_reply_config
+    // gives Envoy's replies: not edge-guard's identity_required.
     assert_eq!(
-        r.error_code(),
-        None,
+        r.error_code().as_deref(),
+        Some("unauthenticated"),
         "edge-guard answered, not jwt_authn: {r:?}"
     );
     wait_held(&envoy, "events", 2);
