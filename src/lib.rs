@@ -14,6 +14,7 @@ pub mod envoy_check;
 pub mod headers;
 pub mod health;
 pub mod json;
+pub mod mismatch;
 pub mod path;
 pub mod policy;
 #[cfg(test)]

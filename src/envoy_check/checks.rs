@@ -112,6 +112,7 @@ pub fn validate(envoy_doc: &Value, options: &Options) -> Result<Report, String> 
     for other in own.iter().flatten() {
         check_clusters(&envoy, other, &mut out);
     }
+    check_vm_ids_by_direction(&envoy, &policy, &own, &mut out);
     for ((hcm, is_guarded), own) in envoy.hcms.iter().zip(&guarded).zip(&own) {
         let policy = own.as_ref().unwrap_or(&policy);
         let rc = route_configuration(&envoy, hcm, &mut out);
@@ -305,6 +306,37 @@ fn other_direction_policies(
             }
         })
         .collect()
+}
+
+/// Shared data is one map per `vm_id`: an edge filter and an egress filter
+/// under the same one would mix their records (route mismatches keyed by
+/// route name, the logged routing table).
+fn check_vm_ids_by_direction(
+    envoy: &EnvoyConfig,
+    main: &Policy,
+    own: &[Option<Policy>],
+    out: &mut Out,
+) {
+    let mut seen: Vec<(&str, Direction, &str)> = Vec::new();
+    for (hcm, own) in envoy.hcms.iter().zip(own) {
+        let Some((_, _, wasm)) = edge_guard_filter(&hcm.http_filters) else {
+            continue;
+        };
+        let direction = own.as_ref().unwrap_or(main).direction;
+        let clash = seen
+            .iter()
+            .find(|(vm, d, _)| *vm == wasm.vm_id && *d != direction && !vm.is_empty());
+        if let Some((vm, other, label)) = clash {
+            out.push(
+                "vm_id_shared_across_directions",
+                Severity::Warning,
+                None,
+                Some(&hcm.label),
+                format!("the edge_guard filter of {} ({}) has vm_id \"{vm}\", like the {} filter of {label}: shared data is one map per vm_id, so their records (route mismatches, by route name) would mix; give the egress filter its own vm_id, e.g. \"edge_guard_egress\"", hcm.label, direction.as_str(), other.as_str()),
+            );
+        }
+        seen.push((wasm.vm_id.as_str(), direction, hcm.label.as_str()));
+    }
 }
 
 /// Egress mode reads the budget services forward in

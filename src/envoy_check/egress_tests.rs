@@ -21,13 +21,18 @@ fn egress_policy() -> Value {
 }
 
 fn filter(policy: &Value) -> Value {
+    let vm_id = if policy["direction"] == "egress" {
+        "edge_guard_egress"
+    } else {
+        "edge_guard"
+    };
     json!({
         "name": "envoy.filters.http.wasm",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
             "config": {
                 "name": "edge_guard", "root_id": "edge_guard",
-                "vm_config": {"vm_id": "edge_guard", "runtime": "envoy.wasm.runtime.v8",
+                "vm_config": {"vm_id": vm_id, "runtime": "envoy.wasm.runtime.v8",
                               "code": {"local": {"filename": "edge_guard.wasm"}}},
                 "failure_policy": "FAIL_CLOSED",
                 "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": policy.to_string()}
@@ -186,4 +191,21 @@ fn a_broken_egress_policy_is_reported_for_its_listener() {
         .unwrap_or_else(|| panic!("{}", report.to_text()));
     assert!(f.message.contains("routes[0].host"), "{f}");
     assert_eq!(f.envoy_object.as_deref(), Some("listener \"egress\""));
+}
+
+#[test]
+fn edge_and_egress_filters_under_one_vm_id_are_warned_about() {
+    let mut egress = hcm(&egress_policy(), egress_hosts());
+    egress["http_filters"][0]["typed_config"]["config"]["vm_config"]["vm_id"] = json!("edge_guard");
+    let report = run(&envoy(egress), None);
+    let found: Vec<_> = report
+        .findings
+        .iter()
+        .filter(|f| f.id == "vm_id_shared_across_directions")
+        .collect();
+    assert_eq!(found.len(), 1, "{}", report.to_text());
+    assert_eq!(
+        found[0].envoy_object.as_deref(),
+        Some("listener \"egress\"")
+    );
 }

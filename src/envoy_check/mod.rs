@@ -32,7 +32,9 @@
 //!   `upgrade_type_refused`, `connection_limit_missing`,
 //!   `overload_manager_missing` (warnings).
 //! - `egress_budget_header_stripped` (warning): an egress-mode listener
-//!   without `internal_address_config`, so Envoy drops the forwarded budget.
+//!   without `internal_address_config`, so Envoy drops the forwarded budget;
+//!   `vm_id_shared_across_directions` (warning): edge and egress filters
+//!   under one `vm_id`.
 //! - `route_config_missing` (error for a config_dump, warning for a
 //!   bootstrap), `route_config_not_simulated`, `envoy_dynamic`,
 //!   `envoy_unreadable` (warnings).

@@ -16,7 +16,7 @@ use crate::policy::cidr::peer_ip_of_socket_address;
 use crate::policy::Cidr;
 use crate::reply::LocalReply;
 use crate::routing::Method;
-use crate::status::{self, RouteMismatch, StatusSnapshot};
+use crate::status::{self, StatusSnapshot};
 use crate::websocket::slots;
 
 use super::host::{self, HostStore};
@@ -161,13 +161,6 @@ fn status_document(worker: &Worker) -> String {
         }
         Err(e) => log::warn!("edge-guard: reading websocket counts: {e}"),
     }
-    for (i, route) in policy.routes.iter().enumerate() {
-        if let Some(cluster) = super::http::read_mismatch(route) {
-            snapshot.route_mismatches.push(RouteMismatch {
-                route: i,
-                envoy_cluster: cluster,
-            });
-        }
-    }
+    snapshot.route_mismatches = crate::mismatch::recorded(&HostStore, &policy.routes);
     status::render(policy, &snapshot)
 }

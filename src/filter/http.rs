@@ -19,6 +19,7 @@ use crate::budget;
 use crate::deadline::{header_value, Deadline, DeadlineHit, Phase};
 use crate::egress;
 use crate::headers::RequestHead;
+use crate::mismatch;
 use crate::path;
 use crate::policy::{Identity, OnMismatch, Route, TimeoutClass, UnknownRoute};
 use crate::reply::{ErrorCode, LocalReply};
@@ -119,14 +120,9 @@ impl EdgeGuardHttp {
             .borrow_mut()
             .get_mut(id)
             .is_some_and(|seen| !std::mem::replace(seen, true));
-        if first_on_worker && record_mismatch(route, &chosen) {
-            log::warn!(
-                "edge-guard: route {} declares cluster {} but Envoy routes it to {}; counted in edge_guard.route.{}.mismatch, not logged again",
-                route.name,
-                route.cluster,
-                if chosen.is_empty() { "no cluster (no Envoy route)" } else { chosen.as_str() },
-                route.name
-            );
+        if first_on_worker && mismatch::record(&HostStore, route, &chosen) {
+            let direction = self.worker.policy.direction;
+            log::warn!("{}", mismatch::warning(direction, route, &chosen));
         }
         self.worker.policy.on_mismatch == OnMismatch::Reject
     }
@@ -511,32 +507,6 @@ fn remove_client_deadline_headers(head: &RequestHead) {
             host::set_request_header(name, None);
         }
     }
-}
-
-/// The per-route record of a mismatch, shared by all workers: the Envoy
-/// cluster seen first.
-fn mismatch_key(route: &Route) -> String {
-    format!("eg.mismatch.{}", route.name)
-}
-
-pub(super) fn read_mismatch(route: &Route) -> Option<String> {
-    use crate::shared_store::SharedStore;
-    HostStore
-        .get(&mismatch_key(route))
-        .ok()
-        .flatten()
-        .filter(|(value, _)| !value.is_empty())
-        .map(|(value, _)| String::from_utf8_lossy(&value).into_owned())
-}
-
-/// Records the first mismatch of `route` for the whole instance; true for
-/// the one call that recorded it.
-fn record_mismatch(route: &Route, chosen: &str) -> bool {
-    use crate::shared_store::SharedStore;
-    let value = if chosen.is_empty() { "(none)" } else { chosen };
-    HostStore
-        .create_if_absent(&mismatch_key(route), value.as_bytes())
-        .unwrap_or(false)
 }
 
 /// A body chunk read lazily from the host: whole when small, otherwise only

@@ -73,6 +73,10 @@ pub struct EnvoyBuilder {
     listener_port: u16,
     ecds: bool,
     ecds_file: Option<PathBuf>,
+    /// A complete bootstrap to run instead of the generated one
+    /// (`Envoy::from_bootstrap`), and the listener `addr()` is.
+    bootstrap: Option<String>,
+    listener_name: String,
 }
 
 impl EnvoyBuilder {
@@ -214,6 +218,9 @@ impl EnvoyBuilder {
 
     /// The bootstrap YAML this builder would write.
     pub fn config_yaml(&self) -> String {
+        if let Some(bootstrap) = &self.bootstrap {
+            return bootstrap.clone();
+        }
         let wasm = if self.with_filter {
             Some(self.wasm_path.clone().unwrap_or_else(paths::wasm))
         } else {
@@ -226,6 +233,7 @@ impl EnvoyBuilder {
     /// log tail if it exits or is not ready within 15 s.
     pub fn start(self) -> Envoy {
         let timeout = self.ready_timeout;
+        let listener_name = self.listener_name.clone();
         let mut envoy = self.spawn();
         let deadline = Instant::now() + timeout;
         loop {
@@ -241,7 +249,7 @@ impl EnvoyBuilder {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
-        envoy.listener = Some(envoy.discover_listener());
+        envoy.listener = Some(envoy.listener_addr(&listener_name));
         envoy
     }
 
@@ -469,7 +477,27 @@ impl Envoy {
             listener_port: 0,
             ecds: false,
             ecds_file: None,
+            bootstrap: None,
+            listener_name: "ingress".into(),
         }
+    }
+
+    /// Starts building an Envoy that runs `yaml` as it is (e.g. the shipped
+    /// envoy/envoy.yaml with its ports rewritten to 0 and its clusters to
+    /// test upstreams); `addr()` is the listener called `listener`, the
+    /// others are reached with `listener_addr`. Builder options that shape
+    /// the generated bootstrap do not apply.
+    pub fn from_bootstrap(yaml: String, listener: &str) -> EnvoyBuilder {
+        let mut builder = Envoy::builder("");
+        builder.bootstrap = Some(yaml);
+        builder.listener_name = listener.to_string();
+        builder
+    }
+
+    /// The address of the listener called `name` (from admin `/listeners`).
+    pub fn listener_addr(&self, name: &str) -> SocketAddr {
+        self.find_listener(name)
+            .unwrap_or_else(|| panic!("no listener {name:?} in admin /listeners"))
     }
 
     pub fn pid(&self) -> u32 {
@@ -676,9 +704,9 @@ impl Envoy {
         matches!(http::send(admin, &req), Ok(r) if r.status == 200)
     }
 
-    fn discover_listener(&self) -> SocketAddr {
+    fn find_listener(&self, name: &str) -> Option<SocketAddr> {
         let json = self.admin_get("/listeners?format=json").json();
-        let found = json["listener_statuses"]
+        json["listener_statuses"]
             .as_array()
             .into_iter()
             .flatten()
@@ -686,9 +714,8 @@ impl Envoy {
                 let sa = &l["local_address"]["socket_address"];
                 let port = sa["port_value"].as_u64()?;
                 let ip = sa["address"].as_str()?.parse().ok()?;
-                (l["name"] == "ingress").then(|| SocketAddr::new(ip, port as u16))
-            });
-        found.unwrap_or_else(|| panic!("no ingress listener in admin /listeners: {json}"))
+                (l["name"] == name).then(|| SocketAddr::new(ip, port as u16))
+            })
     }
 
     /// SIGTERM (so the log is flushed), up to 3 s, then SIGKILL, each to

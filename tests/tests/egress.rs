@@ -453,3 +453,133 @@ fn http_proxy_style_absolute_urls_are_matched_by_their_host() {
         .assert_error(403, "destination_not_allowed");
     assert_eq!(course.requests(), 1);
 }
+
+// ---- the shipped demo stack -----------------------------------------------------
+
+/// envoy/envoy.yaml as shipped, with its fixed ports made OS-assigned, its
+/// clusters pointed at test upstreams and the wasm path made absolute.
+fn shipped_stack(services: &[&Upstream]) -> Envoy {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let mut yaml = std::fs::read_to_string(root.join("envoy/envoy.yaml")).unwrap();
+    for fixed in [
+        "port_value: 9901}",
+        "port_value: 10000}",
+        "port_value: 10001}",
+    ] {
+        assert!(yaml.contains(fixed), "envoy.yaml no longer has {fixed}");
+        yaml = yaml.replace(fixed, "port_value: 0}");
+    }
+    for (i, port) in (18081..=18088).enumerate() {
+        let up = services
+            .get(i)
+            .unwrap_or_else(|| panic!("no upstream for port {port}"));
+        let fixed = format!("port_value: {port}}}");
+        assert!(yaml.contains(&fixed), "envoy.yaml no longer has {fixed}");
+        yaml = yaml.replace(&fixed, &format!("port_value: {}}}", up.port()));
+    }
+    let wasm = std::env::var("EDGE_GUARD_WASM").map_or_else(
+        |_| root.join("target/wasm32-wasip1/release/edge_guard.wasm"),
+        std::path::PathBuf::from,
+    );
+    yaml = yaml.replace(
+        "filename: target/wasm32-wasip1/release/edge_guard.wasm",
+        &format!("filename: {}", wasm.display()),
+    );
+    // The edge filter comes through ECDS: a copy of its resource with the
+    // same absolute wasm path, outliving this test's Envoy (one per process).
+    let ecds = std::env::temp_dir().join(format!(
+        "edge-guard-shipped-ecds-{}.json",
+        std::process::id()
+    ));
+    std::fs::write(
+        &ecds,
+        std::fs::read_to_string(root.join("envoy/ecds/edge_guard.json"))
+            .unwrap()
+            .replace(
+                "target/wasm32-wasip1/release/edge_guard.wasm",
+                &wasm.display().to_string(),
+            ),
+    )
+    .unwrap();
+    let relative = "path_config_source: {path: envoy/ecds/edge_guard.json}";
+    assert!(
+        yaml.contains(relative),
+        "envoy.yaml no longer has {relative}"
+    );
+    yaml = yaml.replace(
+        relative,
+        &format!("path_config_source: {{path: {}}}", ecds.display()),
+    );
+    Envoy::from_bootstrap(yaml, "edge").start()
+}
+
+#[test]
+fn the_shipped_stack_sends_the_booking_services_calls_through_its_egress_listener() {
+    // envoy/envoy.yaml's services by port, 18081..18088 (a demo upstream
+    // stands in for the socket.io service on 18088).
+    let names = [
+        "course_service",
+        "booking_service",
+        "payment_service",
+        "notification_service",
+        "upload_service",
+        "event_service",
+        "sms_api",
+        "event_live_service",
+    ];
+    let services: Vec<Upstream> = names.iter().map(|n| Upstream::start(n)).collect();
+    let refs: Vec<&Upstream> = services.iter().collect();
+    let envoy = shipped_stack(&refs);
+    let egress_addr = envoy.listener_addr("egress");
+    let booking = &services[1];
+    booking.set_egress(egress_addr);
+
+    // edge → booking → egress → course: the course service is told the
+    // internal class (10 s), less than what the booking service had left.
+    let resp = envoy.request(Request::get(
+        "/api/bookings/1/__call/course.internal/api/courses/7",
+    ));
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let body = resp.json();
+    assert_eq!(body["response"]["service"], "course_service", "{resp:?}");
+    assert_eq!(
+        body["response"]["headers"]["x-envoy-expected-rq-timeout-ms"], "10000",
+        "{resp:?}"
+    );
+    // An undeclared destination is refused by the egress, inside the reply.
+    let resp = envoy.request(Request::get("/api/bookings/1/__call/evil.example.net/x"));
+    assert_eq!(resp.status, 403, "{resp:?}");
+    assert_eq!(
+        resp.json()["response"]["error"]["code"],
+        "destination_not_allowed"
+    );
+
+    // A service calling the SMS API with 500 ms left gets its 504 then.
+    let sms = http::send(
+        egress_addr,
+        &Request::post("/v1/send?delay_ms=3000")
+            .header("host", "sms.example.com")
+            .header("x-envoy-expected-rq-timeout-ms", "500"),
+    )
+    .unwrap();
+    sms.assert_error(504, "upstream_timeout");
+    assert_near(
+        sms.elapsed,
+        Duration::from_millis(500),
+        "inherited 500ms",
+        &sms,
+    );
+
+    // Edge and egress metrics live side by side in one Envoy, labelled.
+    let prom = envoy.prometheus();
+    for line in [
+        "edge_guard_egress_rejected{edge_guard_reason=\"destination_not_allowed\"} 1",
+        "edge_guard_egress_route_deadline_upstream_timeout{edge_guard_route=\"sms\",edge_guard_class=\"external\"} 1",
+        "edge_guard_route_deadline_upstream_timeout{edge_guard_route=\"bookings_read\",edge_guard_class=\"standard\"} 0",
+    ] {
+        assert!(prom.contains(line), "no {line:?} in:\n{prom}");
+    }
+}

@@ -364,9 +364,12 @@ fn status_policy() -> Value {
 
 #[test]
 fn forwarded_headers_never_open_the_status_endpoint() {
-    let spoofs: [&[(&str, &str)]; 7] = [
+    let spoofs: [&[(&str, &str)]; 10] = [
         &[],
         &[("x-forwarded-for", "127.0.0.1")],
+        &[("x-forwarded-for", "127.0.0.1:8080")],
+        &[("x-forwarded-for", "[::1]:8080")],
+        &[("x-forwarded-for", "10.9.9.9, 127.0.0.1:443")],
         &[("x-forwarded-for", "10.9.9.9, 127.0.0.1")],
         &[("x-envoy-external-address", "127.0.0.1")],
         &[("forwarded", "for=127.0.0.1")],
