@@ -67,13 +67,14 @@ def request_paths():
     return [f"/api/{svc}/4711" for svc in API_SERVICES]
 
 
-def policy(n_routes, ws_rate_limit=100_000):
+def policy(n_routes, ws_rate_limit=100_000, request_duration=False):
     """The edge-guard policy with `n_routes` routes (>= 10): the WebSocket
     route, one route per API service covering its Envoy route, then
     endpoints under the services, round-robin.
 
     `ws_rate_limit` is per connection; the echo throughput run needs it above
     the rate it offers, so that the check runs on every frame without tripping.
+    `request_duration` turns on the opt-in per-route duration histogram.
     """
     if n_routes < len(API_SERVICES) + 1:
         raise ValueError("at least one route per service")
@@ -97,7 +98,7 @@ def policy(n_routes, ws_rate_limit=100_000):
             "timeout": SERVICE_CLASS.get(svc, "standard"),
         }
         routes.append(route)
-    return {
+    doc = {
         "routes": routes,
         "unknown_route": "reject",
         "timeouts": {
@@ -127,6 +128,9 @@ def policy(n_routes, ws_rate_limit=100_000):
                           "unhealthy_threshold": 3, "healthy_threshold": 1,
                           "fail_fast": True},
     }
+    if request_duration:
+        doc["metrics"] = {"request_duration": True}
+    return doc
 
 
 def _typed(type_name, **fields):

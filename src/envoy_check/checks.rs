@@ -132,6 +132,7 @@ pub fn validate(envoy_doc: &Value, options: &Options) -> Result<Report, String> 
         };
         check_websockets(hcm, policy, &landing, &mut out);
         check_timeouts(hcm, policy, &landing, &mut out);
+        check_route_stats(hcm, policy, &landing, &mut out);
         check_egress_callers(hcm, policy, &mut out);
     }
     if any_guarded {
@@ -1140,6 +1141,47 @@ fn check_websockets(hcm: &Hcm, policy: &Policy, landing: &[Vec<Landed>], out: &m
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Per-route durations: Envoy's route stats, or edge-guard's opt-in histogram
+
+/// Envoy keeps per-route stats on some routes (`stat_prefix`) but not on a
+/// route the policy's requests land on, and the policy's own duration
+/// histogram is off: that route's requests are timed nowhere, and a
+/// dashboard by Envoy route silently misses it.
+fn check_route_stats(hcm: &Hcm, policy: &Policy, landing: &[Vec<Landed>], out: &mut Out) {
+    if policy.request_duration_histogram {
+        return;
+    }
+    let landed: Vec<&Landed> = landing.iter().flatten().collect();
+    if !landed.iter().any(|l| l.route.stat_prefix.is_some()) {
+        // No per-route stats anywhere: a choice, not an oversight.
+        return;
+    }
+    let mut missing: Vec<&str> = Vec::new();
+    for l in &landed {
+        if l.route.stat_prefix.is_none()
+            && l.route.clusters().is_some()
+            && !missing.contains(&l.label.as_str())
+        {
+            missing.push(&l.label);
+        }
+    }
+    if missing.is_empty() {
+        return;
+    }
+    out.push(
+        "route_stats_missing",
+        Severity::Warning,
+        None,
+        Some(&hcm.label),
+        format!(
+            "{} keeps per-route stats (stat_prefix) on some routes but not on {}, and the policy's metrics.request_duration is off: requests there are timed nowhere; add a stat_prefix to each (Envoy then records vhost.<virtual host>.route.<stat_prefix>.upstream_rq_time), or set \"metrics\": {{\"request_duration\": true}} in the policy",
+            hcm.label,
+            missing.join(", ")
+        ),
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -221,6 +221,7 @@ mod tests {
             idle_timeout: None,
             max_stream_duration: None,
             websocket: None,
+            stat_prefix: None,
         }
     }
 

@@ -150,6 +150,8 @@ pub struct EnvoyRoute {
     pub max_stream_duration: Option<Millis>,
     /// The route's `upgrade_configs` entry for `websocket`: `Some(enabled)`.
     pub websocket: Option<bool>,
+    /// `stat_prefix`: Envoy keeps per-route stats (`vhost.<vh>.route.<prefix>.*`).
+    pub stat_prefix: Option<String>,
 }
 
 impl EnvoyRoute {
@@ -779,6 +781,9 @@ fn read_route(index: usize, r: &Value, vh_label: &str, reader: &mut Reader) -> E
         idle_timeout,
         max_stream_duration,
         websocket,
+        stat_prefix: str_field(r, "stat_prefix")
+            .filter(|p| !p.is_empty())
+            .map(str::to_string),
     }
 }
 

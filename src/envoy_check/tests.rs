@@ -868,6 +868,7 @@ mod yaml_fixtures {
                 &["request_headers_timeout_missing"],
             ),
             ("route_timeout_short.yaml", 0, &["route_timeout_short"]),
+            ("route_stats_missing.yaml", 0, &["route_stats_missing"]),
             ("websocket_idle_cut.yaml", 0, &["websocket_idle_cut"]),
             // Edge settings (envoy/envoy.yaml ships every one of them).
             (
@@ -953,4 +954,43 @@ fn a_short_class_on_a_socket_io_route_without_engine_io_is_a_warning() {
     // With engine_io the warning goes.
     p["routes"][1]["engine_io"] = json!({});
     assert!(findings(&check(&envoy, &p), "engine_io_missing").is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// Per-route durations
+
+fn routes_with_stat_prefix(prefixes: [Option<&str>; 2]) -> Value {
+    let mut routes = envoy_routes();
+    for (route, prefix) in routes.as_array_mut().unwrap().iter_mut().zip(prefixes) {
+        if let Some(p) = prefix {
+            route["stat_prefix"] = json!(p);
+        }
+    }
+    routes
+}
+
+#[test]
+fn route_stats_on_some_routes_only_name_the_route_timed_nowhere() {
+    let envoy = bootstrap_with(hcm_with(routes_with_stat_prefix([Some("courses"), None])));
+    let f = only(&check(&envoy, &policy()), "route_stats_missing");
+    assert_eq!(f.severity, Severity::Warning);
+    assert!(f.message.contains("routes[1]"), "{}", f.message);
+    assert!(!f.message.contains("routes[0]"), "{}", f.message);
+    assert!(
+        f.message.contains("metrics.request_duration"),
+        "{}",
+        f.message
+    );
+}
+
+#[test]
+fn route_stats_everywhere_nowhere_or_the_histogram_on_are_fine() {
+    for prefixes in [[Some("courses"), Some("events")], [None, None]] {
+        let envoy = bootstrap_with(hcm_with(routes_with_stat_prefix(prefixes)));
+        assert!(findings(&check(&envoy, &policy()), "route_stats_missing").is_empty());
+    }
+    let envoy = bootstrap_with(hcm_with(routes_with_stat_prefix([Some("courses"), None])));
+    let mut with_histogram = policy();
+    with_histogram["metrics"] = json!({"request_duration": true});
+    assert!(findings(&check(&envoy, &with_histogram), "route_stats_missing").is_empty());
 }

@@ -141,7 +141,7 @@ fn status_document(worker: &Worker) -> String {
         .map(|r| r.name.as_str())
         .collect();
     let mut snapshot = StatusSnapshot {
-        cluster_health: worker.health.borrow().clone(),
+        cluster_health: worker.health_snapshot(),
         ..StatusSnapshot::default()
     };
     match slots::read_counts(&HostStore, &ws_routes) {

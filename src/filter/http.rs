@@ -4,10 +4,12 @@
 //! path canonicalisation, status endpoint, route table, Envoy cross-check,
 //! health, deadline or WebSocket admission — and
 //! carries each out with as few host calls as it can. A plain GET on a known
-//! route costs seven: the request header map (read once, in place), the
-//! `xds.cluster_name` property, the router-timeout header set, the clock at
-//! each end, the `:status` read and one histogram record; plus one removal
-//! per deadline header the client sent.
+//! route, complete at its headers, costs four: the request header map (read
+//! once, in place), the `xds.cluster_name` property, the router-timeout
+//! header set, and the clock when the response headers pass (`:status` is
+//! read only when the response came late enough to be the router's
+//! timeout); plus one removal per deadline header the client sent, and a
+//! clock read and a histogram record with `metrics.request_duration`.
 
 use std::rc::Rc;
 
@@ -47,6 +49,9 @@ const ROUTER_TIMEOUT_DETAILS: [&str; 2] = ["response_timeout", "upstream_respons
 /// After a limit is broken the close handshake gets this long before the
 /// stream is reset (the brief: torn down within 1 s, tick lateness included).
 const CLOSE_GRACE_MS: u64 = 800;
+/// Tolerance for the wall clock (Envoy's `get_current_time`) stepping back
+/// while the router's monotonic timer runs.
+const CLOCK_SLACK_MS: u64 = 100;
 /// Seconds a client is told to wait after a capacity rejection.
 const CAPACITY_RETRY_AFTER: &str = "5";
 /// Chunks up to this size are read whole; larger ones only where frame
@@ -57,14 +62,20 @@ pub struct EdgeGuardHttp {
     id: u32,
     worker: Rc<Worker>,
     route: Option<usize>,
-    /// When the headers arrived (ms), for the duration histogram; 0 = not timed.
+    /// When the headers arrived (ms); 0 = no deadline started. Read from the
+    /// clock only where it must be exact (a body still to come, the opt-in
+    /// histogram); otherwise the worker's last clock reading, which is never
+    /// later than the true time.
     started_ms: u64,
+    /// The budget given to Envoy's router (`x-envoy-upstream-rq-timeout-ms`).
+    router_budget_ms: u64,
     watched: Option<WatchedRef>,
     /// `x-request-id`, kept from the request headers: Envoy 1.40 gives no
     /// access to request headers (nor `request.id`) in later callbacks.
     request_id: Option<String>,
-    /// What this stream is to an Engine.IO session, on `engine_io` routes.
-    engine_io: Option<engine_io::EioStream>,
+    /// What this stream is to an Engine.IO session, on `engine_io` routes
+    /// (boxed: every other stream's context stays small).
+    engine_io: Option<Box<engine_io::EioStream>>,
 }
 
 impl EdgeGuardHttp {
@@ -74,6 +85,7 @@ impl EdgeGuardHttp {
             worker,
             route: None,
             started_ms: 0,
+            router_budget_ms: 0,
             watched: None,
             request_id: None,
             engine_io: None,
@@ -223,7 +235,14 @@ impl EdgeGuardHttp {
     ) -> Action {
         remove_client_deadline_headers(head);
         let direction = self.worker.policy.direction;
-        let now = host::now_ms();
+        // A request complete at its headers gives the router its class's
+        // budget whatever the time: no clock read, unless the histogram
+        // needs the exact start.
+        let now = if end_of_stream && !self.worker.policy.request_duration_histogram {
+            self.worker.now_ms.get()
+        } else {
+            host::now_ms()
+        };
         let Some(deadline) = budget::deadline_for(direction, class, head.inherited, now) else {
             if let Some(m) = route.and_then(|r| self.worker.metrics.route(r)) {
                 metrics::increment(m.deadline_hit(DeadlineHit::UpstreamTimeout), 1);
@@ -233,6 +252,7 @@ impl EdgeGuardHttp {
         self.worker.now_ms.set(now);
         self.started_ms = now;
         let upstream_budget = deadline.upstream_budget(now);
+        self.router_budget_ms = upstream_budget.as_ms();
         host::set_request_header(ROUTER_TIMEOUT_HEADER, Some(&header_value(upstream_budget)));
         if let Some(value) = budget::grpc_timeout_for(direction, head.grpc_timeout, upstream_budget)
         {
@@ -349,14 +369,14 @@ impl EdgeGuardHttp {
         let watched = Rc::new(std::cell::RefCell::new(Watched {
             route: Some(id),
             request_id: self.request_id.clone(),
-            kind: WatchKind::WebSocket(Box::new(WebSocketStream {
+            kind: WatchKind::WebSocket(WebSocketStream {
                 phase: WsPhase::Upgrading,
                 monitor: ConnectionMonitor::new(now),
                 admission: Some(admission),
                 close_owed_to_client: None,
                 close_owed_to_upstream: None,
                 drain_at_ms: None,
-            })),
+            }),
         }));
         worker.watch(self.id, Rc::clone(&watched), deadline.upgrade_deadline_ms());
         self.watched = Some(watched);
@@ -691,28 +711,33 @@ impl HttpContext for EdgeGuardHttp {
                 self.finish();
             }
         }
-        // Only exchanges whose deadline edge-guard started are timed.
+        // Only exchanges whose deadline edge-guard started on a declared
+        // route are counted and timed.
+        let worker = Rc::clone(&self.worker);
+        let Some(m) = self.route.and_then(|r| worker.metrics.route(r)) else {
+            return Action::Continue;
+        };
         if self.started_ms == 0 {
             return Action::Continue;
         }
-        let route_metrics = self.route.and_then(|r| self.worker.metrics.route(r));
-        if host::response_header(":status").as_deref() == Some("504")
+        let now = host::now_ms();
+        worker.now_ms.set(now);
+        let elapsed = now.saturating_sub(self.started_ms);
+        // The router's timeout fires no earlier than its budget after the
+        // headers; `started_ms` is never later than their arrival, so a
+        // response sooner than that cannot be one and costs no header read.
+        if elapsed.saturating_add(CLOCK_SLACK_MS) >= self.router_budget_ms
+            && host::response_header(":status").as_deref() == Some("504")
             && host::property_text(vec!["response", "code_details"])
                 .is_some_and(|details| ROUTER_TIMEOUT_DETAILS.contains(&details.as_str()))
         {
             // Envoy's router gave up at the budget edge-guard set. Its body
             // is the JSON error already: the connection manager's
             // local_reply_config writes it (envoy/envoy.yaml).
-            if let Some(m) = route_metrics {
-                metrics::increment(m.deadline_hit(DeadlineHit::UpstreamTimeout), 1);
-            }
+            metrics::increment(m.deadline_hit(DeadlineHit::UpstreamTimeout), 1);
         }
-        if let Some(m) = route_metrics {
-            metrics::record(
-                m.duration_ms,
-                host::now_ms().saturating_sub(self.started_ms),
-            );
-        }
+        // A no-op unless `metrics.request_duration` defined it.
+        metrics::record(m.duration_ms, elapsed);
         Action::Continue
     }
 

@@ -4,7 +4,8 @@
 //! Names (Envoy prefixes them with `wasmcustom.` internally, which its
 //! `/stats` output drops; Prometheus output turns `.` into `_`):
 //! - `edge_guard.route.<route>.class.<class>.deadline.request_timeout|upstream_timeout` counters
-//! - `edge_guard.route.<route>.class.<class>.request_duration_ms` histogram
+//! - `edge_guard.route.<route>.class.<class>.request_duration_ms` histogram (only
+//!   with `metrics.request_duration: true`)
 //! - `edge_guard.route.<route>.mismatch` counter
 //! - `edge_guard.route.<route>.websocket.active` gauge,
 //!   `...websocket.rejected.<code>` and `...websocket.closed.<reason>` counters
@@ -17,6 +18,7 @@
 //! - the policy, for alerts and dashboards: `edge_guard.route.<route>.class.<class>.budget_ms`
 //!   (the class's total), `edge_guard.websocket.max_connections` and
 //!   `edge_guard.route.<route>.websocket.max_connections` gauges (where set)
+//! - `edge_guard.health.transitions` counter: clusters turning healthy or unhealthy
 //!
 //! An egress-mode filter uses `edge_guard.egress.` instead of `edge_guard.`.
 
@@ -161,6 +163,9 @@ pub struct Metrics {
     pub ws_active: MetricId,
     pub vm_failures: MetricId,
     pub ws_reclaimed: MetricId,
+    /// Health transitions of any cluster, instance-wide: a worker re-reads
+    /// the shared health records only when this moved.
+    pub health_transitions: MetricId,
     rejected: [MetricId; REJECTIONS.len()],
 }
 
@@ -192,10 +197,16 @@ impl Metrics {
                         MetricType::Counter,
                         &format!("{with_class}.deadline.upstream_timeout"),
                     ),
-                    duration_ms: define(
-                        MetricType::Histogram,
-                        &format!("{with_class}.request_duration_ms"),
-                    ),
+                    // Opt-in (`metrics.request_duration`): an id of 0 makes
+                    // every record a no-op.
+                    duration_ms: if policy.request_duration_histogram {
+                        define(
+                            MetricType::Histogram,
+                            &format!("{with_class}.request_duration_ms"),
+                        )
+                    } else {
+                        MetricId::default()
+                    },
                     mismatch: define(MetricType::Counter, &format!("{base}.mismatch")),
                     ..RouteMetrics::default()
                 };
@@ -255,6 +266,11 @@ impl Metrics {
             ws_active: define(MetricType::Gauge, &format!("{root}.websocket.active")),
             vm_failures: define(MetricType::Counter, &format!("{root}.vm.failures")),
             ws_reclaimed: define(MetricType::Counter, &format!("{root}.websocket.reclaimed")),
+            health_transitions: if policy.health.is_some() {
+                define(MetricType::Counter, &format!("{root}.health.transitions"))
+            } else {
+                MetricId::default()
+            },
             rejected,
         }
     }

@@ -27,7 +27,8 @@ use super::ownership;
 use super::worker::{TimerAction, Worker};
 
 /// Deadlines fire within one tick of their time (the brief allows 100 ms).
-const TICK: Duration = Duration::from_millis(50);
+const TICK_MS: u64 = 50;
+const TICK: Duration = Duration::from_millis(TICK_MS);
 /// How often the reaper checks that every held slot's stream still exists.
 const REAP_EVERY_MS: u64 = 5_000;
 /// How soon every worker follows a drain started on another.
@@ -60,6 +61,10 @@ pub struct EdgeGuardRoot {
     worker: Option<Rc<Worker>>,
     /// Health probes in flight: call token → cluster index.
     probes: HashMap<u32, usize>,
+    /// `health.transitions` when this worker last read every health record.
+    health_transitions_seen: Option<u64>,
+    /// Per cluster: when its next probe is due, as last read.
+    next_probe_ms: Vec<u64>,
     next_reap_ms: u64,
     next_drain_check_ms: u64,
     next_session_sweep_ms: u64,
@@ -73,6 +78,8 @@ impl EdgeGuardRoot {
             context_id,
             worker: None,
             probes: HashMap::new(),
+            health_transitions_seen: None,
+            next_probe_ms: Vec::new(),
             next_reap_ms: 0,
             next_drain_check_ms: 0,
             next_session_sweep_ms: 0,
@@ -122,6 +129,8 @@ impl EdgeGuardRoot {
         }
         let worker = Worker::new(Rc::new(policy), metrics, now);
         self.worker = Some(Rc::new(worker));
+        self.health_transitions_seen = None;
+        self.next_probe_ms.clear();
         Ok(())
     }
 
@@ -192,11 +201,30 @@ impl EdgeGuardRoot {
         let _ = hostcalls::set_effective_context(self.context_id);
     }
 
+    /// Keeps the worker's view of cluster health current and starts the
+    /// probes that are due. An idle tick costs one metric read: the records
+    /// are read again only when some worker counted a health transition, and
+    /// a cluster's record only when its next probe is due.
     fn refresh_health(&mut self, worker: &Worker, now_ms: u64) {
         let Some(policy) = worker.policy.health.as_ref() else {
             return;
         };
+        let transitions = metrics::read(worker.metrics.health_transitions);
+        let stale = transitions.is_none() || transitions != self.health_transitions_seen;
+        if stale {
+            self.health_transitions_seen = transitions;
+        }
+        if self.next_probe_ms.len() != worker.policy.clusters.len() {
+            self.next_probe_ms = vec![0; worker.policy.clusters.len()];
+        }
         for (index, cluster) in worker.policy.clusters.iter().enumerate() {
+            let due = self
+                .next_probe_ms
+                .get(index)
+                .is_some_and(|due| now_ms >= *due);
+            if !stale && !due {
+                continue;
+            }
             let record = match health::read(&HostStore, &cluster.name) {
                 Ok(record) => record,
                 Err(e) => {
@@ -204,34 +232,55 @@ impl EdgeGuardRoot {
                     continue;
                 }
             };
-            let view = Some(ClusterHealth {
-                healthy: record.healthy,
-                probes: record.probes,
-            });
-            let changed = {
-                let mut cache = worker.health.borrow_mut();
-                match cache.get_mut(index) {
-                    Some(slot) if *slot != view => {
-                        *slot = view;
-                        true
-                    }
-                    _ => false,
-                }
-            };
-            if changed {
-                if let Some(m) = worker.metrics.clusters.get(index) {
-                    metrics::record(m.healthy, u64::from(record.healthy));
-                }
-            }
+            self.see_health(worker, index, &record);
             // The shared record says when the next probe is due; the claim
             // makes exactly one worker take it.
             if now_ms < record.next_probe_ms || self.probes.values().any(|c| *c == index) {
+                self.set_next_probe(index, record.next_probe_ms);
                 continue;
             }
             match health::claim_probe(&HostStore, &cluster.name, now_ms, policy.interval.as_ms()) {
                 Ok(true) => self.dispatch_probe(worker, index, policy.timeout.as_ms()),
                 Ok(false) => {}
                 Err(e) => log::warn!("edge-guard: claiming the probe of {}: {e}", cluster.name),
+            }
+            // Whoever claimed it moved the next due time on: learn it now.
+            match health::read(&HostStore, &cluster.name) {
+                Ok(record) => self.set_next_probe(index, record.next_probe_ms),
+                Err(_) => self.set_next_probe(index, now_ms.saturating_add(TICK_MS)),
+            }
+        }
+    }
+
+    fn set_next_probe(&mut self, index: usize, due_ms: u64) {
+        if let Some(slot) = self.next_probe_ms.get_mut(index) {
+            *slot = due_ms;
+        }
+    }
+
+    /// Updates the worker's cached health of one cluster from its record.
+    fn see_health(&self, worker: &Worker, index: usize, record: &health::HealthRecord) {
+        let view = Some(ClusterHealth {
+            healthy: record.healthy,
+            probes: record.probes,
+        });
+        let changed = {
+            let mut cache = worker.health.borrow_mut();
+            match cache.get_mut(index) {
+                Some(slot) if slot.map(|h| h.healthy) != view.map(|h| h.healthy) => {
+                    *slot = view;
+                    true
+                }
+                Some(slot) => {
+                    *slot = view;
+                    false
+                }
+                None => false,
+            }
+        };
+        if changed {
+            if let Some(m) = worker.metrics.clusters.get(index) {
+                metrics::record(m.healthy, u64::from(record.healthy));
             }
         }
     }
@@ -286,7 +335,25 @@ impl EdgeGuardRoot {
             healthy: policy.healthy_threshold,
         };
         match health::record_probe(&HostStore, &cluster.name, success, thresholds) {
-            Ok(Some(Transition::BecameUnhealthy)) => {
+            Ok(Some(transition)) => {
+                // Every worker's next tick re-reads the records.
+                metrics::increment(worker.metrics.health_transitions, 1);
+                self.log_transition(worker, index, transition);
+            }
+            Ok(None) => {}
+            Err(e) => log::warn!("edge-guard: recording the probe of {}: {e}", cluster.name),
+        }
+    }
+
+    fn log_transition(&self, worker: &Worker, index: usize, transition: Transition) {
+        let (Some(cluster), Some(policy)) = (
+            worker.policy.clusters.get(index),
+            worker.policy.health.as_ref(),
+        ) else {
+            return;
+        };
+        match transition {
+            Transition::BecameUnhealthy => {
                 log::warn!(
                     "edge-guard: cluster {} is unhealthy ({} failed probes of {})",
                     cluster.name,
@@ -294,11 +361,9 @@ impl EdgeGuardRoot {
                     cluster.health_path
                 );
             }
-            Ok(Some(Transition::BecameHealthy)) => {
+            Transition::BecameHealthy => {
                 log::info!("edge-guard: cluster {} is healthy again", cluster.name);
             }
-            Ok(None) => {}
-            Err(e) => log::warn!("edge-guard: recording the probe of {}: {e}", cluster.name),
         }
     }
 }

@@ -13,6 +13,7 @@ use std::rc::Rc;
 
 use crate::deadline::{Deadline, DeadlineHit, Phase};
 use crate::drain::{self, DrainState};
+use crate::health;
 use crate::policy::Policy;
 use crate::status::ClusterHealth;
 use crate::websocket::monitor::{CloseReason, ConnectionMonitor, Direction};
@@ -69,13 +70,17 @@ impl WebSocketStream {
 }
 
 #[derive(Debug)]
+// One allocation per connection: the WebSocket state lives inline in the
+// watched stream's `Rc`, not in a box of its own; an exchange with a body
+// (short-lived) pays the difference.
+#[allow(clippy::large_enum_variant)]
 pub enum WatchKind {
     /// A request with a body: its `total` deadline is enforced by the tick.
     Exchange {
         phase: Phase,
         deadline: Deadline,
     },
-    WebSocket(Box<WebSocketStream>),
+    WebSocket(WebSocketStream),
 }
 
 /// A stream the tick has to look at.
@@ -407,6 +412,27 @@ impl Worker {
             timers.heap.extend(live);
         }
         actions
+    }
+
+    /// Every cluster's shared health record as it is now, for the status
+    /// endpoint (the worker's own view is refreshed on transitions only, so
+    /// its probe counts may be behind).
+    pub fn health_snapshot(&self) -> Vec<Option<ClusterHealth>> {
+        if self.policy.health.is_none() {
+            return vec![None; self.policy.clusters.len()];
+        }
+        self.policy
+            .clusters
+            .iter()
+            .map(|cluster| {
+                health::read(&HostStore, &cluster.name)
+                    .ok()
+                    .map(|record| ClusterHealth {
+                        healthy: record.healthy,
+                        probes: record.probes,
+                    })
+            })
+            .collect()
     }
 
     pub fn cluster_unhealthy(&self, cluster: usize) -> bool {

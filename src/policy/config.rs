@@ -27,6 +27,16 @@ pub struct PolicyConfig {
     pub health_checks: Option<HealthChecksConfig>,
     /// The instance's own health endpoint, for load balancers.
     pub health: HealthEndpointConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// `metrics`: what edge-guard records beyond its counters and gauges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// The per-route `request_duration_ms` histogram. Off by default: Envoy's
+    /// own per-route stats (`stat_prefix` on the route) give the same
+    /// durations without a clock read and a histogram record per request.
+    pub request_duration: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -449,6 +459,7 @@ impl PolicyConfig {
                 "routing",
                 "health_checks",
                 "health",
+                "metrics",
             ],
         )?;
         let routes_value = f
@@ -524,6 +535,15 @@ impl PolicyConfig {
                     }
                 }
                 None => HealthEndpointConfig::default(),
+            },
+            metrics: match f.get("metrics") {
+                Some(v) => {
+                    let m = Fields::new(v, "metrics", &["request_duration"])?;
+                    MetricsConfig {
+                        request_duration: m.bool("request_duration")?.unwrap_or(false),
+                    }
+                }
+                None => MetricsConfig::default(),
             },
         })
     }

@@ -163,6 +163,8 @@ pub struct Policy {
     pub health_endpoint: HealthEndpoint,
     /// Over how long a drain closes the open WebSockets.
     pub drain_period: Millis,
+    /// `metrics.request_duration`: record the per-route duration histogram.
+    pub request_duration_histogram: bool,
     /// Valid but probably not what was meant: logged at startup, reported by the
     /// offline validator.
     pub warnings: Vec<PolicyWarning>,
@@ -498,6 +500,7 @@ pub fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
         clusters,
         health_endpoint,
         drain_period,
+        request_duration_histogram: config.metrics.request_duration,
         warnings,
     })
 }

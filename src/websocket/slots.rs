@@ -62,16 +62,20 @@ pub struct AdmissionRequest<'a> {
 /// released at most once (keep it as `Option<Admission>` and `take()` it).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Admission {
-    route: String,
+    /// Exact-size: an open connection holds this for its whole life.
+    route: Box<str>,
     /// Set only when the user was counted (user and user limit both present).
-    user: Option<String>,
+    user: Option<Box<str>>,
 }
 
 impl Admission {
     /// The admission a slot holder recorded elsewhere (an Engine.IO session in
     /// shared data), for the one caller that took the record.
     pub fn restore(route: String, user: Option<String>) -> Admission {
-        Admission { route, user }
+        Admission {
+            route: route.into_boxed_str(),
+            user: user.map(String::into_boxed_str),
+        }
     }
 
     pub fn route(&self) -> &str {
@@ -216,8 +220,8 @@ pub fn try_acquire<S: SharedStore + ?Sized>(
     }
 
     Ok(Admission {
-        route: request.route.to_owned(),
-        user: counted_user.map(|(user, _)| user.to_owned()),
+        route: request.route.into(),
+        user: counted_user.map(|(user, _)| user.into()),
     })
 }
 

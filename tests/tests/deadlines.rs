@@ -423,7 +423,10 @@ fn class_within_the_load_balancer_idle_timeout_and_margin_starts() {
 
 #[test]
 fn deadline_hits_are_counted_per_route_and_class_and_durations_reach_prometheus() {
-    let (_up, envoy) = stack();
+    let up = Upstream::start("course_service");
+    let mut policy = policy();
+    policy["metrics"] = json!({"request_duration": true});
+    let envoy = Envoy::builder(policy).upstream(&up).start();
     let resp = envoy.get("/api/quick/report?delay_ms=4000");
     resp.assert_error(504, "upstream_timeout");
     let upload = envoy.slow_upload("/api/quick/upload", 100, 1, Duration::from_millis(100));
@@ -474,6 +477,37 @@ fn deadline_hits_are_counted_per_route_and_class_and_durations_reach_prometheus(
     // The 504 and the 408 each took about a second.
     let sum = prometheus_value(&text, &format!("{histogram}_sum")).unwrap_or_default();
     assert!(sum >= 1900.0, "sum {sum}:\n{ours}");
+}
+
+/// The duration histogram is opt-in (`metrics.request_duration`): by default
+/// no request reads the clock for it, and none is defined; the router's 504
+/// is still counted, by a request that took its whole budget.
+#[test]
+fn without_metrics_request_duration_no_histogram_is_defined_and_router_timeouts_still_count() {
+    let (_up, envoy) = stack();
+    envoy
+        .get("/api/quick/report?delay_ms=4000")
+        .assert_error(504, "upstream_timeout");
+    assert_eq!(envoy.get("/api/quick/report").status, 200);
+    let name = "edge_guard.route.quick.class.fast.deadline.upstream_timeout";
+    assert_eq!(
+        envoy.wait_for_stat(name, Duration::from_secs(2), |v| v >= 1),
+        Some(1),
+        "{:?}",
+        envoy.stats()
+    );
+    // One more fast answer is no timeout.
+    assert_eq!(envoy.get("/api/quick/report").status, 200);
+    assert_eq!(envoy.stat(name), Some(1));
+    let text = envoy.prometheus();
+    assert!(
+        !text.contains("request_duration_ms"),
+        "a histogram without metrics.request_duration:\n{}",
+        text.lines()
+            .filter(|l| l.contains("request_duration"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }
 
 /// The value of the sample line that starts with `name` (labels ignored).

@@ -585,6 +585,12 @@ fn unhealthy_then_recovers(mode: &str) {
     );
     let took = marked_at - broke_at;
     eprintln!("{mode}: marked unhealthy {took} ms after the upstream broke (budget {budget} ms, limit {limit} ms)");
+    // Workers re-read the health records only when a transition is counted.
+    assert!(
+        envoy.stat("edge_guard.health.transitions") >= Some(1),
+        "{mode}: no transition counted: {:?}",
+        envoy.stats()
+    );
     assert!(
         took <= limit,
         "{mode}: marked unhealthy after {took} ms; interval × threshold + timeout is {budget} ms (+{} ms slack)",

@@ -74,7 +74,7 @@ impl EdgeGuardHttp {
             Plan::BadRequest(why) => self.reject(ErrorCode::EngineIoBadRequest, why, None),
             Plan::PassThrough => self.start_deadline(Some(id), head, class, end_of_stream),
             Plan::WebSocketHandshake => {
-                self.engine_io = Some(EioStream::WebSocket);
+                self.engine_io = Some(Box::new(EioStream::WebSocket));
                 self.upgrade(id, route, class, head, None)
             }
             Plan::Upgrade { sid } => {
@@ -92,9 +92,9 @@ impl EdgeGuardHttp {
                 // An unknown sid is admitted like any WebSocket (the server
                 // refuses it unless it knows the session).
                 if held.is_some() {
-                    self.engine_io = Some(EioStream::Upgrade { sid, ttl_ms });
+                    self.engine_io = Some(Box::new(EioStream::Upgrade { sid, ttl_ms }));
                 } else {
-                    self.engine_io = Some(EioStream::WebSocket);
+                    self.engine_io = Some(Box::new(EioStream::WebSocket));
                 }
                 self.upgrade(id, route, class, head, held)
             }
@@ -103,11 +103,11 @@ impl EdgeGuardHttp {
                     Ok(admission) => admission,
                     Err(action) => return action,
                 };
-                self.engine_io = Some(EioStream::Handshake {
+                self.engine_io = Some(Box::new(EioStream::Handshake {
                     admission: Some(admission),
                     ttl_ms,
                     body: Vec::new(),
-                });
+                }));
                 self.start_deadline(Some(id), head, &policy.long_poll, end_of_stream)
             }
             Plan::Polling { sid, get } => {
@@ -115,14 +115,14 @@ impl EdgeGuardHttp {
                 if let Err(e) = sessions::refresh(&HostStore, &sid, now.saturating_add(ttl_ms)) {
                     log::warn!("edge-guard: refreshing engine.io session: {e}");
                 }
-                self.engine_io = Some(EioStream::Polling { sid, get, ttl_ms });
+                self.engine_io = Some(Box::new(EioStream::Polling { sid, get, ttl_ms }));
                 self.start_deadline(Some(id), head, &policy.long_poll, end_of_stream)
             }
         }
     }
 
     pub(super) fn engine_io_response_headers(&mut self) {
-        let Some(state) = self.engine_io.as_mut() else {
+        let Some(state) = self.engine_io.as_deref_mut() else {
             return;
         };
         match state {
@@ -159,7 +159,7 @@ impl EdgeGuardHttp {
             admission,
             ttl_ms,
             body,
-        }) = self.engine_io.as_mut()
+        }) = self.engine_io.as_deref_mut()
         else {
             return;
         };
@@ -194,7 +194,7 @@ impl EdgeGuardHttp {
     /// A refused upgrade: the slot goes back to its polling session (`None`), or
     /// is the caller's to release.
     pub(super) fn engine_io_upgrade_refused(&mut self, admission: Admission) -> Option<Admission> {
-        let Some(EioStream::Upgrade { sid, ttl_ms }) = self.engine_io.take() else {
+        let Some(EioStream::Upgrade { sid, ttl_ms }) = self.engine_io.take().map(|b| *b) else {
             return Some(admission);
         };
         hand_to_table(sid, admission, ttl_ms)
@@ -203,7 +203,7 @@ impl EdgeGuardHttp {
     /// The stream is over: a handshake that never got its answer gives its
     /// slot back.
     pub(super) fn engine_io_done(&mut self) {
-        if let Some(EioStream::Handshake { admission, .. }) = self.engine_io.as_mut() {
+        if let Some(EioStream::Handshake { admission, .. }) = self.engine_io.as_deref_mut() {
             if let Some(admission) = admission.take() {
                 self.worker.release(self.route, admission);
             }
