@@ -6,6 +6,8 @@
 #   ./build.sh validate   check a policy against an Envoy config offline (see --help)
 #   ./build.sh reload     validate envoy/policy.json, then hand it to the running demo Envoy (ECDS)
 #   ./build.sh bench      the benchmark (BENCHMARKS.md)
+#   ./build.sh mutants    mutation testing of the pure modules (tests/mutants-report.md); not in CI
+#   ./build.sh mutants-host   hand-made host-layer mutations, end to end (tests/mutants/host-layer.md)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -335,6 +337,68 @@ cmd_reload() {
   return "$rc"
 }
 
+# ---- mutation testing ------------------------------------------------------------
+# cargo-mutants over the pure modules (src/ outside src/filter/) with the
+# native tests. Slow on two cores, so never part of `test`: run it on demand,
+# a few files at a time if you like (`./build.sh mutants src/routing.rs`, and
+# cargo-mutants options after them, e.g. `--re=REGEX`);
+# results accumulate in target/mutants/runs and the report
+# (tests/mutants-report.md) is rebuilt from the newest outcome of every mutant.
+# The mutants run niced, in a scratch copy of the tree with its own warm
+# target dir, so the worktree stays usable meanwhile (one mutant at a time:
+# the machine has two cores).
+MUTANTS_VERSION="27.1.0"
+MUTANTS_DIR="$ROOT/target/mutants"
+
+ensure_cargo_mutants() {
+  if cargo mutants --version 2>/dev/null | grep -qx "cargo-mutants $MUTANTS_VERSION"; then
+    return
+  fi
+  log "installing cargo-mutants $MUTANTS_VERSION from crates.io"
+  cargo install --locked --quiet cargo-mutants --version "$MUTANTS_VERSION"
+}
+
+cmd_mutants() {
+  ensure_cargo_mutants
+  # MUTANTS_SLOT=2 runs a second, independent copy (its own tree and target dir).
+  local slot="${MUTANTS_SLOT:-}"
+  local tree="$MUTANTS_DIR/tree$slot" run
+  run="$MUTANTS_DIR/runs/$(date -u +%Y%m%dT%H%M%S)-$$"
+  mkdir -p "$MUTANTS_DIR/runs"
+  # Fresh sources, warm target dir (kept outside the copied tree).
+  rm -rf "$tree"
+  mkdir -p "$tree"
+  tar -C "$ROOT" --exclude=./target --exclude=./.git --exclude=./.venv \
+    --exclude=node_modules --exclude=./.run -cf - . | tar -C "$tree" -xmf -
+  # Files to mutate; arguments starting with - go to cargo mutants as they are
+  # (e.g. `--re='in escape_into'` to re-test some mutants after a fix).
+  local files=() extra=()
+  for f in "$@"; do
+    case "$f" in -*) extra+=("$f") ;; *) files+=(--file "$f") ;; esac
+  done
+  log "cargo mutants over ${*:-every pure module} (niced; outcomes in $run)"
+  local filters=(--package edge-guard --features cli
+    --exclude 'src/filter/**' --exclude 'src/bin/**' --exclude '**/tests.rs')
+  local status=0
+  # No debug info: builds and links faster, and cargo-mutants only needs pass/fail.
+  (cd "$tree" && CARGO_TARGET_DIR="$MUTANTS_DIR/target$slot" CARGO_PROFILE_DEV_DEBUG=0 \
+      CARGO_PROFILE_TEST_DEBUG=0 nice -n 10 cargo mutants \
+      --in-place --no-shuffle "${filters[@]}" --cargo-arg=--lib --timeout 60 \
+      "${files[@]}" "${extra[@]}" --output "$run") || status=$?
+  # cargo-mutants exits 2 when mutants were missed, 3 on timeouts: the report says which.
+  case $status in 0|2|3) ;; *) log "cargo mutants failed ($status)"; exit "$status" ;; esac
+  mutants_report
+}
+
+# Rebuilds tests/mutants-report.md from every run so far.
+mutants_report() {
+  ensure_cargo_mutants
+  (cd "$ROOT" && cargo mutants --list --package edge-guard --features cli \
+    --exclude 'src/filter/**' --exclude 'src/bin/**' --exclude '**/tests.rs') >"$MUTANTS_DIR/all.txt"
+  python3 "$ROOT/tests/mutants/report.py" "$MUTANTS_DIR/runs" "$MUTANTS_DIR/all.txt" \
+    "$ROOT/tests/mutants/equivalent.md" "$ROOT/tests/mutants-report.md"
+}
+
 cmd="${1:-}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
@@ -345,6 +409,9 @@ case "$cmd" in
   run) cmd_run ;;
   test) cmd_test ;;
   reload) cmd_reload "$@" ;;
+  mutants) cmd_mutants "$@" ;;
+  mutants-report) mkdir -p "$MUTANTS_DIR/runs"; mutants_report ;;
+  mutants-host) ensure_rust_target; ensure_envoy; exec "$ROOT/tests/mutants/host-layer.sh" "$@" ;;
   validate)
     cargo run --quiet --release --features cli --bin edge-guard-validate -- "$@"
     ;;
@@ -354,7 +421,7 @@ case "$cmd" in
     exec "$ROOT/bench/run.sh" "$@"
     ;;
   *)
-    sed -n '2,8p' "$0" >&2
+    sed -n '2,10p' "$0" >&2
     exit 2
     ;;
 esac

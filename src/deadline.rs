@@ -187,4 +187,16 @@ mod tests {
         let d = Deadline::start(&class(u64::MAX, u64::MAX), u64::MAX - 1);
         assert_eq!(d.total_deadline_ms(), u64::MAX);
     }
+
+    #[test]
+    fn hits_are_named_as_their_metrics_and_error_codes() {
+        assert_eq!(DeadlineHit::RequestTimeout.as_str(), "request_timeout");
+        assert_eq!(DeadlineHit::UpstreamTimeout.as_str(), "upstream_timeout");
+    }
+
+    #[test]
+    fn header_value_is_the_decimal_milliseconds() {
+        assert_eq!(header_value(Millis(55_000)), "55000");
+        assert_eq!(header_value(Millis(1)), "1");
+    }
 }

@@ -336,4 +336,40 @@ mod tests {
         assert!(!is_healthy_status(Some(503)));
         assert!(!is_healthy_status(None));
     }
+
+    #[test]
+    fn each_cluster_has_its_own_record() {
+        assert_eq!(key("course_service"), "eg.hc.course_service");
+        let store = MemoryStore::new();
+        ensure_records(&store, &["a", "b"]).unwrap();
+        let once = Thresholds {
+            unhealthy: 1,
+            healthy: 1,
+        };
+        record_probe(&store, "a", false, once).unwrap();
+        assert!(!read(&store, "a").unwrap().healthy);
+        assert!(read(&store, "b").unwrap().healthy);
+    }
+
+    #[test]
+    fn a_probe_claimed_exactly_one_interval_late_is_not_claimed_twice() {
+        let store = store_with("a");
+        assert!(claim_probe(&store, "a", 1_000, 1_000).unwrap());
+        // Due at 2 000, claimed at 3 000: the next is due one interval from now.
+        assert!(claim_probe(&store, "a", 3_000, 1_000).unwrap());
+        assert!(!claim_probe(&store, "a", 3_000, 1_000).unwrap());
+        assert!(claim_probe(&store, "a", 4_000, 1_000).unwrap());
+    }
+
+    #[test]
+    fn errors_say_what_went_wrong() {
+        assert_eq!(
+            HealthError::Corrupt("eg.hc.a".into()).to_string(),
+            "unreadable health record in eg.hc.a"
+        );
+        assert_eq!(
+            HealthError::Contention.to_string(),
+            "too many concurrent updates"
+        );
+    }
 }

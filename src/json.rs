@@ -174,4 +174,11 @@ mod tests {
             r#"{"a":[]}"#
         );
     }
+
+    #[test]
+    fn only_control_characters_are_escaped_as_unicode() {
+        let mut out = String::new();
+        escape_into(&mut out, "a b~\u{1f}\u{7f}");
+        assert_eq!(out, "\"a b~\\u001f\u{7f}\"");
+    }
 }

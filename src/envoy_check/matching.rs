@@ -343,4 +343,94 @@ mod tests {
         assert_eq!(selection.winner.map(|r| r.index), Some(1));
         assert_eq!(selection.undecided.len(), 1);
     }
+
+    #[test]
+    fn wildcard_domains_need_at_least_one_character_beyond_the_wildcard() {
+        let rc = RouteConfiguration {
+            name: "r".into(),
+            virtual_hosts: vec![
+                vhost("star", &["*"], vec![]),
+                vhost("prefix", &["api.*"], vec![]),
+                vhost("suffix", &["*.example.com"], vec![]),
+                vhost("exact", &["api.example.com"], vec![]),
+            ],
+        };
+        let pick = |host: &str| virtual_host_for(&rc, host).map(|vh| vh.name.clone());
+        // One character is enough, none is not.
+        assert_eq!(pick("a.example.com").as_deref(), Some("suffix"));
+        assert_eq!(pick("api.x").as_deref(), Some("prefix"));
+        assert_eq!(pick("api.").as_deref(), Some("star"));
+        // An exact domain is never a prefix wildcard.
+        assert_eq!(pick("api.example.cox").as_deref(), Some("prefix"));
+    }
+
+    #[test]
+    fn path_and_plain_header_matchers_are_evaluated() {
+        let exact = |name: &str, value: &str| HeaderMatcher {
+            name: name.into(),
+            test: HeaderTest::Exact(value.into(), false),
+            invert: false,
+        };
+        let vh = vhost(
+            "v",
+            &["*"],
+            vec![
+                route(
+                    0,
+                    PathMatch::Prefix("/a".into()),
+                    vec![exact(":path", "/a/x")],
+                ),
+                route(
+                    1,
+                    PathMatch::Prefix("/a".into()),
+                    vec![exact("x-canary", "1")],
+                ),
+                route(2, PathMatch::Prefix("/a".into()), vec![]),
+            ],
+        );
+        assert_eq!(winner(&vh, &get("/a/x")), Some(0));
+        assert_eq!(winner(&vh, &get("/a/y")), Some(2));
+        let yes = [("x-other", "z"), ("x-canary", "1")];
+        let no = [("x-other", "z"), ("x-canary", "0")];
+        let canary = |headers| Request {
+            method: "GET",
+            path: "/a/y",
+            headers,
+        };
+        assert_eq!(winner(&vh, &canary(&yes)), Some(1));
+        // Present but different: a plain mismatch, not a skipped route.
+        let selection = select_route(&vh, &canary(&no));
+        assert_eq!(selection.winner.map(|r| r.index), Some(2));
+        assert!(selection.skipped.is_empty(), "{:?}", selection.skipped);
+    }
+
+    #[test]
+    fn required_method_and_extra_conditions() {
+        let matcher = |name: &str, invert: bool| HeaderMatcher {
+            name: name.into(),
+            test: HeaderTest::Exact("GET".into(), false),
+            invert,
+        };
+        let with = |headers| route(0, PathMatch::Prefix("/".into()), headers);
+        assert_eq!(
+            required_method(&with(vec![matcher(":method", false)])),
+            Some("GET")
+        );
+        assert_eq!(required_method(&with(vec![matcher(":method", true)])), None);
+        assert_eq!(
+            required_method(&with(vec![matcher("x-method", false)])),
+            None
+        );
+        assert_eq!(required_method(&with(vec![])), None);
+        assert!(!has_extra_conditions(&with(vec![matcher(
+            ":method", false
+        )])));
+        assert!(has_extra_conditions(&with(vec![matcher(
+            "x-canary", false
+        )])));
+        let mut other = with(vec![]);
+        other.matcher.other_condition = Some("runtime_fraction".into());
+        assert!(has_extra_conditions(&other));
+        assert!(!has_extra_conditions(&with(vec![])));
+    }
 }

@@ -430,6 +430,17 @@ fn stream_idle_timeout_overridden_by_the_route() {
 }
 
 #[test]
+fn report_ids_list_every_finding() {
+    let mut envoy = good();
+    hcm_of(&mut envoy)["request_timeout"] = json!("12.5s");
+    assert_eq!(
+        check(&envoy, &policy()).ids(),
+        vec!["hcm_request_timeout_short"]
+    );
+    assert!(check(&good(), &policy()).ids().is_empty());
+}
+
+#[test]
 fn request_timeout_shorter_than_total() {
     let mut envoy = good();
     hcm_of(&mut envoy)["request_timeout"] = json!("12.5s");
@@ -681,6 +692,31 @@ fn cli_usage_problems_exit_2() {
     ]);
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("config_dump"), "{}", out.stderr);
+}
+
+#[test]
+fn cli_flags_take_their_value_inline_only_in_long_form() {
+    let envoy = format!("--envoy={}", fixture("config_dump.json"));
+    let policy = format!("--policy={}", fixture("policy.json"));
+    let out = run_with(&[&envoy, &policy]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    // A short flag is never split at '=': "-h=x" is no "-h".
+    let out = run_with(&["-h=x"]);
+    assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("unknown argument \"-h=x\""),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn the_json_only_parser_reads_json_and_refuses_yaml() {
+    assert_eq!(
+        crate::envoy_check::cli::parse_json_document(r#"{"a": [1]}"#),
+        Ok(json!({"a": [1]}))
+    );
+    assert!(crate::envoy_check::cli::parse_json_document("a: 1").is_err());
 }
 
 #[test]

@@ -158,5 +158,7 @@ mod tests {
         assert_eq!(ip_of_socket_address("[::1]:5678"), Some(ip("::1")));
         assert_eq!(ip_of_socket_address("10.1.1.1"), Some(ip("10.1.1.1")));
         assert_eq!(ip_of_socket_address("nonsense"), None);
+        // A bare IPv6 address whose last group is not a port.
+        assert_eq!(ip_of_socket_address("fe80::abcd"), Some(ip("fe80::abcd")));
     }
 }
