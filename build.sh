@@ -4,6 +4,7 @@
 #   ./build.sh run        build, start the demo services and Envoy, run until Ctrl-C
 #   ./build.sh test       native unit tests, wasm build, lints, integration tests against real Envoy
 #   ./build.sh validate   check a policy against an Envoy config offline (see --help)
+#   ./build.sh reload     validate envoy/policy.json, then hand it to the running demo Envoy (ECDS)
 #   ./build.sh bench      the benchmark (BENCHMARKS.md)
 #   ./build.sh mutants    mutation testing of the pure modules (tests/mutants-report.md); not in CI
 #   ./build.sh mutants-host   hand-made host-layer mutations, end to end (tests/mutants/host-layer.md)
@@ -273,6 +274,8 @@ edge-guard demo stack is up (logs in $RUN_DIR/):
   status     http://127.0.0.1:10000/.edge-guard/status
   admin      http://127.0.0.1:9901       e.g. curl -s http://127.0.0.1:9901/stats/prometheus | grep edge_guard
   websocket  ws://127.0.0.1:10000/ws/events  (send header x-user-id)
+  policy     edit envoy/policy.json, then ./build.sh reload (applied live through ECDS; open WebSockets stay)
+  health     http://127.0.0.1:10000/.edge-guard/health   (POST .../.edge-guard/status/drain drains the instance)
   egress     http://$EGRESS_ADDR  the services' outbound calls, e.g.
              curl -s http://127.0.0.1:10000/api/bookings/1/__call/sms.example.com/v1/send?delay_ms=20000
   socket.io  http://127.0.0.1:10000, path /ws/events/socket.io  (extraHeaders x-user-id)
@@ -292,6 +295,7 @@ cmd_test() {
   cargo clippy --quiet --workspace --all-targets --features edge-guard/cli -- -D warnings
   log "clippy (wasm32-wasip1)"
   cargo clippy --quiet -p edge-guard --target wasm32-wasip1 -- -D warnings
+  cargo clippy --quiet -p edge-guard --target wasm32-wasip1 --features fault-injection -- -D warnings
   build_wasm
   log "envoy --mode validate on the shipped config"
   "$VENV/bin/envoy" --mode validate -c envoy/envoy.yaml -l error
@@ -309,6 +313,28 @@ cmd_test() {
   build_demo
   log "./build.sh run stops everything it started, however it ends"
   tests/shell/run_cleanup.sh
+}
+
+# The demo filter's configuration reaches Envoy through ECDS from this file
+# (envoy/envoy.yaml watches it): written only after the policy validates
+# offline, atomically, so Envoy never reads a half-written file. With the demo
+# Envoy running, its config_dump is checked too (a vm_id change would reset
+# the counters).
+ECDS_FILE="envoy/ecds/edge_guard.json"
+cmd_reload() {
+  local args=(--envoy envoy/envoy.yaml --policy envoy/policy.json --write-ecds "$ECDS_FILE")
+  local dump
+  dump="$(mktemp)"
+  if curl -fsS http://127.0.0.1:9901/config_dump >"$dump" 2>/dev/null; then
+    args+=(--running "$dump")
+  fi
+  local rc=0
+  cargo run --quiet --release --features cli --bin edge-guard-validate -- "${args[@]}" "$@" || rc=$?
+  rm -f "$dump"
+  if [ "$rc" -eq 0 ]; then
+    log "policy handed to Envoy: see extension_config_discovery.*edge_guard.config_reload (config_fail if Envoy refused it; the last good policy keeps serving)"
+  fi
+  return "$rc"
 }
 
 # ---- mutation testing ------------------------------------------------------------
@@ -382,6 +408,7 @@ case "$cmd" in
   optimise-wasm) optimise_wasm "$1" "$2" ;;
   run) cmd_run ;;
   test) cmd_test ;;
+  reload) cmd_reload "$@" ;;
   mutants) cmd_mutants "$@" ;;
   mutants-report) mkdir -p "$MUTANTS_DIR/runs"; mutants_report ;;
   mutants-host) ensure_rust_target; ensure_envoy; exec "$ROOT/tests/mutants/host-layer.sh" "$@" ;;

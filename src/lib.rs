@@ -7,6 +7,7 @@
 
 pub mod budget;
 pub mod deadline;
+pub mod drain;
 pub mod egress;
 pub mod engine_io;
 pub mod envoy_check;

@@ -225,18 +225,22 @@ fn choose_policy(
     options: &Options,
     out: &mut Out,
 ) -> Result<(Vec<u8>, String), String> {
-    let embedded: Vec<(&str, &str)> = envoy
+    let embedded: Vec<(&str, &str, bool)> = envoy
         .hcms
         .iter()
         .filter_map(|h| {
-            let (_, _, wasm) = edge_guard_filter(&h.http_filters)?;
-            Some((h.label.as_str(), wasm.configuration.as_deref()?))
+            let (_, filter, wasm) = edge_guard_filter(&h.http_filters)?;
+            Some((
+                h.label.as_str(),
+                wasm.configuration.as_deref()?,
+                filter.ecds_default,
+            ))
         })
-        .filter(|(_, text)| !text.trim().is_empty())
+        .filter(|(_, text, _)| !text.trim().is_empty())
         .collect();
     let (chosen, source) = match (options.policy, embedded.first()) {
         (Some(given), _) => (given.to_vec(), "--policy".to_string()),
-        (None, Some((label, text))) => (
+        (None, Some((label, text, _))) => (
             text.as_bytes().to_vec(),
             format!("the edge_guard filter's configuration in {label}"),
         ),
@@ -245,8 +249,10 @@ fn choose_policy(
         }
     };
     let chosen_direction = direction_of(&chosen);
-    for (label, text) in &embedded {
-        if direction_of(text.as_bytes()) != chosen_direction {
+    for (label, text, ecds_default) in &embedded {
+        // A policy delivered by ECDS replaces the bootstrap's default at
+        // run time: checking another one against it is the point.
+        if *ecds_default || direction_of(text.as_bytes()) != chosen_direction {
             continue;
         }
         if !same_json(&chosen, text.as_bytes()) {

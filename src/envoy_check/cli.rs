@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::checks::{validate, Options};
 
 pub const USAGE: &str = "\
-usage: edge-guard-validate --envoy <envoy.yaml | config_dump.json> [--policy <policy.json>] [--host <host>] [--json]
+usage: edge-guard-validate --envoy <envoy.yaml | config_dump.json> [--policy <policy.json>] [--host <host>] [--running <config_dump.json>] [--write-ecds <file>] [--json]
 
 Checks an edge-guard policy against an Envoy bootstrap (static_resources) or a live
 admin /config_dump, offline: clusters, where Envoy routes each policy route, WebSocket
@@ -22,6 +22,11 @@ upgrades, the edge_guard filter's placement and failure policy, and timeouts.
   --policy FILE   the policy JSON; default: the policy embedded in the edge_guard filter's
                   configuration
   --host HOST     the Host header to simulate (default: the virtual host with domain \"*\")
+  --running FILE  the running Envoy's /config_dump: warns if the new configuration gives
+                  edge-guard another vm_id (its counters would start from zero)
+  --write-ecds F  if there are no errors, write the ECDS resource that delivers the policy
+                  to the filter's config_discovery (its default_config with this policy)
+                  to F, atomically (a temporary file renamed into place)
   --json          print {\"ok\", \"errors\", \"warnings\", \"findings\": [...]} instead of text
 
 Exit status: 0 no errors (warnings allowed), 1 errors found, 2 usage, I/O or parse problem.
@@ -62,6 +67,8 @@ struct Args {
     envoy: String,
     policy: Option<String>,
     host: Option<String>,
+    running: Option<String>,
+    write_ecds: Option<String>,
     json: bool,
 }
 
@@ -69,6 +76,8 @@ fn parse_args(args: &[String]) -> Result<Option<Args>, String> {
     let mut envoy = None;
     let mut policy = None;
     let mut host = None;
+    let mut running = None;
+    let mut write_ecds = None;
     let mut json = false;
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
@@ -88,6 +97,8 @@ fn parse_args(args: &[String]) -> Result<Option<Args>, String> {
             "--envoy" => envoy = Some(value("--envoy")?),
             "--policy" => policy = Some(value("--policy")?),
             "--host" => host = Some(value("--host")?),
+            "--running" => running = Some(value("--running")?),
+            "--write-ecds" => write_ecds = Some(value("--write-ecds")?),
             other => return Err(format!("unknown argument \"{other}\"")),
         }
     }
@@ -96,6 +107,8 @@ fn parse_args(args: &[String]) -> Result<Option<Args>, String> {
         envoy,
         policy,
         host,
+        running,
+        write_ecds,
         json,
     }))
 }
@@ -132,10 +145,51 @@ pub fn run(args: &[String], parse_envoy: &dyn Fn(&str) -> Result<Value, String>)
         policy: policy.as_deref(),
         host: args.host.as_deref(),
     };
-    let report = match validate(&envoy, &options) {
+    let mut report = match validate(&envoy, &options) {
         Ok(report) => report,
         Err(e) => return RunOutput::failure(format!("{}: {e}", args.envoy)),
     };
+    if let Some(path) = &args.running {
+        let running = match std::fs::read_to_string(Path::new(path)) {
+            Ok(text) => match parse_envoy(&text) {
+                Ok(value) => value,
+                Err(e) => return RunOutput::failure(format!("{path} is not valid YAML/JSON: {e}")),
+            },
+            Err(e) => return RunOutput::failure(format!("cannot read {path}: {e}")),
+        };
+        match super::reload::vm_id_change(&envoy, &running) {
+            Ok(finding) => report.findings.extend(finding),
+            Err(e) => return RunOutput::failure(format!("{path}: {e}")),
+        }
+    }
+    let mut notice = String::new();
+    if let Some(path) = &args.write_ecds {
+        if !report.ok() {
+            notice =
+                format!("not written: {path} (the policy has errors; the running one stays)\n");
+        } else {
+            // Without --policy: the bootstrap's own (default) policy.
+            let policy_text = match &policy {
+                Some(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                None => match super::reload::ecds_default_policy(&envoy) {
+                    Some(text) => text,
+                    None => return RunOutput::failure(
+                        "--write-ecds needs --policy (the Envoy config has no ECDS default policy)",
+                    ),
+                },
+            };
+            let resource = match super::reload::ecds_resource(&envoy, &policy_text) {
+                Ok(resource) => resource,
+                Err(e) => return RunOutput::failure(format!("{}: {e}", args.envoy)),
+            };
+            let mut text = serde_json::to_string_pretty(&resource).unwrap_or_default();
+            text.push('\n');
+            if let Err(e) = write_atomically(Path::new(path), &text) {
+                return RunOutput::failure(format!("cannot write {path}: {e}"));
+            }
+            notice = format!("wrote {path}\n");
+        }
+    }
     let stdout = if args.json {
         let mut text = serde_json::to_string_pretty(&report.to_json()).unwrap_or_default();
         text.push('\n');
@@ -146,6 +200,16 @@ pub fn run(args: &[String], parse_envoy: &dyn Fn(&str) -> Result<Value, String>)
     RunOutput {
         code: if report.ok() { 0 } else { 1 },
         stdout,
-        stderr: String::new(),
+        stderr: notice,
     }
+}
+
+/// Writes `text` next to `path`, then renames it onto `path`: a watcher
+/// (Envoy's file-based ECDS) sees the old file or the new one, never half.
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
 }

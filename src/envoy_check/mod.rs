@@ -45,6 +45,7 @@ pub mod edge;
 mod matching;
 pub mod model;
 mod regex;
+pub mod reload;
 
 #[cfg(test)]
 mod egress_tests;

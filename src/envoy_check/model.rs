@@ -89,6 +89,9 @@ pub struct HttpFilter {
     pub kind: FilterKind,
     /// `disabled: true`: the filter only runs where a route enables it.
     pub disabled: bool,
+    /// Configured through ECDS and read from a bootstrap: `kind` is only the
+    /// `default_config`, which serves until the ECDS resource arrives.
+    pub ecds_default: bool,
 }
 
 #[derive(Debug)]
@@ -450,6 +453,7 @@ fn dynamic_note(object: &str, message: &str) -> Finding {
 
 fn read_config_dump(configs: &[Value], reader: &mut Reader) -> EnvoyConfig {
     let mut hcms = Vec::new();
+    let mut ecds: Vec<(String, Value)> = Vec::new();
     let mut route_configs = Vec::new();
     let mut clusters: Option<Vec<String>> = None;
     let mut bootstrap = None;
@@ -482,6 +486,14 @@ fn read_config_dump(configs: &[Value], reader: &mut Reader) -> EnvoyConfig {
                     names.push(string_field(cluster, "name"));
                 }
             }
+        } else if type_url.ends_with(".EcdsConfigDump") {
+            for entry in array(config, "ecds_filters") {
+                if let Some(ext) = field(entry, "ecds_filter") {
+                    if let Some(typed) = field(ext, "typed_config") {
+                        ecds.push((string_field(ext, "name"), typed.clone()));
+                    }
+                }
+            }
         } else if type_url.ends_with(".RoutesConfigDump") {
             for entry in
                 array(config, "static_route_configs").chain(array(config, "dynamic_route_configs"))
@@ -492,6 +504,7 @@ fn read_config_dump(configs: &[Value], reader: &mut Reader) -> EnvoyConfig {
             }
         }
     }
+    apply_ecds(&mut hcms, &ecds);
     if clusters.is_none() {
         reader.notes.push(dynamic_note(
             "clusters",
@@ -586,8 +599,24 @@ fn read_http_filters(config: &Value) -> Vec<HttpFilter> {
 
 fn read_http_filter(filter: &Value) -> HttpFilter {
     let name = string_field(filter, "name");
-    let (type_url, typed) = typed_config(filter).unwrap_or(("", &Value::Null));
-    let kind = if type_url.ends_with(".router.v3.Router")
+    // A filter configured through ECDS (`config_discovery`): what the
+    // bootstrap gives is its default config (a config_dump then has the
+    // delivered one in its EcdsConfigDump, see `apply_ecds`).
+    let default = field(filter, "config_discovery").and_then(|d| field(d, "default_config"));
+    let (type_url, typed) = match default {
+        Some(default) => (str_field(default, "@type").unwrap_or_default(), default),
+        None => typed_config(filter).unwrap_or(("", &Value::Null)),
+    };
+    HttpFilter {
+        kind: filter_kind(&name, type_url, typed),
+        name,
+        disabled: bool_field(filter, "disabled").unwrap_or(false),
+        ecds_default: default.is_some(),
+    }
+}
+
+fn filter_kind(name: &str, type_url: &str, typed: &Value) -> FilterKind {
+    if type_url.ends_with(".router.v3.Router")
         || name == "envoy.filters.http.router"
         || name == "envoy.router"
     {
@@ -596,11 +625,18 @@ fn read_http_filter(filter: &Value) -> HttpFilter {
         FilterKind::Wasm(read_wasm(field(typed, "config").unwrap_or(&Value::Null)))
     } else {
         FilterKind::Other
-    };
-    HttpFilter {
-        name,
-        kind,
-        disabled: bool_field(filter, "disabled").unwrap_or(false),
+    }
+}
+
+/// Filters delivered by ECDS (a config_dump's `EcdsConfigDump`): the
+/// delivered config replaces the default read from the listener.
+fn apply_ecds(hcms: &mut [Hcm], ecds: &[(String, Value)]) {
+    for filter in hcms.iter_mut().flat_map(|h| h.http_filters.iter_mut()) {
+        if let Some((_, typed)) = ecds.iter().find(|(name, _)| *name == filter.name) {
+            let type_url = str_field(typed, "@type").unwrap_or_default();
+            filter.kind = filter_kind(&filter.name, type_url, typed);
+            filter.ecds_default = false;
+        }
     }
 }
 

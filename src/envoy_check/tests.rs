@@ -786,6 +786,57 @@ mod yaml_fixtures {
         );
     }
 
+    /// The ingress filter comes through ECDS: its bootstrap default is the
+    /// shipped policy too (it serves until the ECDS file is read), and
+    /// checking another policy against it is what `./build.sh reload` does,
+    /// so it is no `policy_differs`.
+    #[test]
+    fn shipped_ecds_default_is_the_shipped_policy_and_another_policy_may_replace_it() {
+        let text = std::fs::read_to_string(repo_path("envoy/envoy.yaml")).unwrap();
+        let doc = parse_envoy(&text).unwrap();
+        let default = crate::envoy_check::reload::ecds_default_policy(&doc)
+            .expect("envoy/envoy.yaml configures edge-guard through ECDS");
+        let shipped = std::fs::read_to_string(repo_path("envoy/policy.json")).unwrap();
+        let parse = |t: &str| serde_json::from_str::<Value>(t).unwrap();
+        assert_eq!(parse(&default), parse(&shipped));
+
+        let dir = std::env::temp_dir().join(format!("eg-ecds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let changed = dir.join("policy.json");
+        std::fs::write(
+            &changed,
+            shipped.replace("\"max_connections\": 800", "\"max_connections\": 700"),
+        )
+        .unwrap();
+        let out = run_with(&[
+            "--envoy",
+            &repo_path("envoy/envoy.yaml").display().to_string(),
+            "--policy",
+            &changed.display().to_string(),
+        ]);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+        assert!(!out.stdout.contains("policy_differs"), "{}", out.stdout);
+    }
+
+    /// The compose stack's ECDS resource (deploy/compose/ecds, mounted into
+    /// its Envoy) carries the compose config's own default policy and wasm.
+    #[test]
+    fn compose_ecds_resource_is_the_compose_default() {
+        let text = std::fs::read_to_string(repo_path("deploy/compose/envoy.yaml")).unwrap();
+        let doc = parse_envoy(&text).unwrap();
+        let default = crate::envoy_check::reload::ecds_default_policy(&doc).unwrap();
+        let expected = crate::envoy_check::reload::ecds_resource(&doc, &default).unwrap();
+        let shipped: Value = serde_json::from_str(
+            &std::fs::read_to_string(repo_path("deploy/compose/ecds/edge_guard.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            shipped, expected,
+            "regenerate with: ./build.sh validate --envoy deploy/compose/envoy.yaml --write-ecds deploy/compose/ecds/edge_guard.json"
+        );
+    }
+
     fn ids_of(envoy: &str, extra: &[&str]) -> (u8, String) {
         let envoy = fixture(envoy);
         let policy = fixture("policy.json");

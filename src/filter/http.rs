@@ -23,17 +23,16 @@ use crate::egress;
 use crate::headers::RequestHead;
 use crate::mismatch;
 use crate::path;
-use crate::policy::cidr::peer_ip_of_socket_address;
 use crate::policy::{Identity, OnMismatch, Route, TimeoutClass, UnknownRoute};
 use crate::reply::{ErrorCode, LocalReply};
 use crate::routing::{Method, RouteMatch};
-use crate::status::{self, StatusSnapshot};
 use crate::upgrade::{self, UpgradeKind};
 use crate::websocket::compression;
 use crate::websocket::frame::ChunkSource;
 use crate::websocket::monitor::{close_frame, ConnectionMonitor, Direction, Verdict};
 use crate::websocket::slots::{self, AdmissionRequest, Rejection};
 
+use super::endpoints;
 use super::host::{self, HostStore};
 
 pub(super) mod engine_io;
@@ -106,49 +105,6 @@ impl EdgeGuardHttp {
         }
         log::debug!("#{} {} ({})", self.id, code.as_str(), message);
         host::send_reply(&reply);
-        Action::Pause
-    }
-
-    /// Only the connection's own peer address counts: an address Envoy took
-    /// from a header (no port) never opens the status endpoint.
-    fn source_may_see_status(&self) -> bool {
-        let policy = &self.worker.policy;
-        host::property_text(vec!["source", "address"])
-            .and_then(|addr| peer_ip_of_socket_address(&addr))
-            .is_some_and(|ip| policy.status.allow.iter().any(|cidr| cidr.contains(ip)))
-    }
-
-    fn serve_status(&self) -> Action {
-        let policy = &self.worker.policy;
-        let ws_routes: Vec<&str> = policy
-            .routes
-            .iter()
-            .filter(|r| r.websocket)
-            .map(|r| r.name.as_str())
-            .collect();
-        let mut snapshot = StatusSnapshot {
-            cluster_health: self.worker.health_snapshot(),
-            ..StatusSnapshot::default()
-        };
-        match slots::read_counts(&HostStore, &ws_routes) {
-            Ok(counts) => {
-                snapshot.websocket_active = u64::from(counts.instance);
-                snapshot.websocket_active_by_route = policy
-                    .routes
-                    .iter()
-                    .map(|r| {
-                        counts
-                            .routes
-                            .iter()
-                            .find(|(name, _)| *name == r.name)
-                            .map_or(0, |(_, n)| u64::from(*n))
-                    })
-                    .collect();
-            }
-            Err(e) => log::warn!("edge-guard: reading websocket counts: {e}"),
-        }
-        snapshot.route_mismatches = mismatch::recorded(&HostStore, &policy.routes);
-        host::send_reply(&LocalReply::json(status::render(policy, &snapshot)));
         Action::Pause
     }
 
@@ -419,6 +375,7 @@ impl EdgeGuardHttp {
                 admission: Some(admission),
                 close_owed_to_client: None,
                 close_owed_to_upstream: None,
+                drain_at_ms: None,
             }),
         }));
         worker.watch(self.id, Rc::clone(&watched), deadline.upgrade_deadline_ms());
@@ -538,11 +495,11 @@ impl EdgeGuardHttp {
             if self.engine_io.is_some() {
                 ws.monitor.count_engine_io_data_only();
             }
-            if let Some(due) = ws
-                .monitor
-                .next_timer_due(&self.worker.policy.websocket.connection)
-            {
-                self.worker.schedule(self.id, due);
+            let limits = &self.worker.policy.websocket.connection;
+            if let Some(due) = ws.monitor.next_timer_due(limits).or(ws.drain_at_ms) {
+                // The tick reschedules the later of the two.
+                self.worker
+                    .schedule(self.id, ws.drain_at_ms.map_or(due, |d| d.min(due)));
             }
             false
         } else {
@@ -653,9 +610,8 @@ impl HttpContext for EdgeGuardHttp {
         let worker = Rc::clone(&self.worker);
         let policy = &worker.policy;
         let path_only = path::path_part(path);
-        if path_only == policy.status.path && method == Method::Get && self.source_may_see_status()
-        {
-            return self.serve_status();
+        if endpoints::answer(&worker, path_only, method) {
+            return Action::Pause;
         }
         let authority = head.authority.as_deref().unwrap_or_default();
         match policy.resolve(authority, path, method) {

@@ -9,6 +9,7 @@
 //! - `edge_guard.route.<route>.mismatch` counter
 //! - `edge_guard.route.<route>.websocket.active` gauge,
 //!   `...websocket.rejected.<code>` and `...websocket.closed.<reason>` counters
+//!   (`draining` among the reasons)
 //! - `edge_guard.websocket.active` gauge (whole instance)
 //! - `edge_guard.vm.failures` counter (VM generations declared dead by the
 //!   reaper) and `edge_guard.websocket.reclaimed` counter (their slots given back)
@@ -84,13 +85,14 @@ fn sanitise(name: &str) -> String {
         .collect()
 }
 
-pub const CLOSE_REASONS: [CloseReason; 6] = [
+pub const CLOSE_REASONS: [CloseReason; 7] = [
     CloseReason::MessageTooBig,
     CloseReason::InternalError,
     CloseReason::RateLimited,
     CloseReason::ProtocolError,
     CloseReason::IdleTimeout,
     CloseReason::MaxDuration,
+    CloseReason::Draining,
 ];
 
 const WS_REJECTIONS: [ErrorCode; 3] = [
@@ -119,7 +121,7 @@ pub struct RouteMetrics {
     pub mismatch: MetricId,
     pub ws_active: MetricId,
     ws_rejected: [MetricId; 3],
-    ws_closed: [MetricId; 6],
+    ws_closed: [MetricId; 7],
 }
 
 impl RouteMetrics {

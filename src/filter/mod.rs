@@ -6,6 +6,7 @@
 //! `RefCell` borrow across a host call that can call back into the VM
 //! (`send_http_response`, `reset_http_request`), since Envoy may re-enter.
 
+mod endpoints;
 mod fault;
 mod host;
 mod http;

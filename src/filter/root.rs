@@ -31,6 +31,8 @@ const TICK_MS: u64 = 50;
 const TICK: Duration = Duration::from_millis(TICK_MS);
 /// How often the reaper checks that every held slot's stream still exists.
 const REAP_EVERY_MS: u64 = 5_000;
+/// How soon every worker follows a drain started on another.
+const DRAIN_CHECK_EVERY_MS: u64 = 200;
 /// How often each worker looks for Engine.IO polling sessions gone silent.
 const SESSION_SWEEP_EVERY_MS: u64 = 1_000;
 
@@ -64,6 +66,7 @@ pub struct EdgeGuardRoot {
     /// Per cluster: when its next probe is due, as last read.
     next_probe_ms: Vec<u64>,
     next_reap_ms: u64,
+    next_drain_check_ms: u64,
     next_session_sweep_ms: u64,
     /// Whether this root context counts in the VM's ownership (configured).
     owns: bool,
@@ -78,6 +81,7 @@ impl EdgeGuardRoot {
             health_transitions_seen: None,
             next_probe_ms: Vec::new(),
             next_reap_ms: 0,
+            next_drain_check_ms: 0,
             next_session_sweep_ms: 0,
             owns: false,
         }
@@ -458,6 +462,12 @@ impl RootContext for EdgeGuardRoot {
         worker.now_ms.set(now);
         self.refresh_health(&worker, now);
         self.run_timers(&worker, now);
+        if worker.drain.get().is_none() && now >= self.next_drain_check_ms {
+            self.next_drain_check_ms = now.saturating_add(DRAIN_CHECK_EVERY_MS);
+            if let Ok(Some(state)) = crate::drain::read(&HostStore) {
+                worker.follow_drain(state, now);
+            }
+        }
         let reaped = ownership::tick(now);
         if !reaped.is_empty() {
             worker.reclaimed(&reaped);

@@ -12,6 +12,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::rc::Rc;
 
 use crate::deadline::{Deadline, DeadlineHit, Phase};
+use crate::drain::{self, DrainState};
 use crate::health;
 use crate::policy::Policy;
 use crate::status::ClusterHealth;
@@ -49,6 +50,8 @@ pub struct WebSocketStream {
     /// Close frames still owed to each peer after a limit was broken.
     pub close_owed_to_client: Option<CloseReason>,
     pub close_owed_to_upstream: Option<CloseReason>,
+    /// When a drain closes this connection (1001), once the worker follows one.
+    pub drain_at_ms: Option<u64>,
 }
 
 impl WebSocketStream {
@@ -131,6 +134,8 @@ pub struct Worker {
     pub health: RefCell<Vec<Option<ClusterHealth>>>,
     /// Per route: this worker has seen Envoy disagree with the policy.
     pub mismatch_seen: RefCell<Vec<bool>>,
+    /// The instance's drain, once this worker follows it.
+    pub drain: Cell<Option<DrainState>>,
 }
 
 impl Worker {
@@ -144,6 +149,7 @@ impl Worker {
             timers: RefCell::new(Timers::default()),
             health: RefCell::new(vec![None; clusters]),
             mismatch_seen: RefCell::new(vec![false; routes]),
+            drain: Cell::new(None),
         }
     }
 
@@ -190,6 +196,11 @@ impl Worker {
         route: usize,
         mut request: AdmissionRequest<'_>,
     ) -> Result<Admission, Rejection> {
+        // A draining instance takes no new connection (read from shared
+        // data: exact even before this worker's tick has followed the drain).
+        if self.drain.get().is_some() || drain::read(&HostStore).is_ok_and(|d| d.is_some()) {
+            return Err(Rejection::InstanceFull);
+        }
         if request.instance_limit.is_some() {
             request.instance_limit =
                 ownership::local_limit(request.instance_limit, self.held_elsewhere());
@@ -258,6 +269,34 @@ impl Worker {
         }
     }
 
+    /// Follows the instance's drain: every WebSocket this worker holds gets
+    /// its close time, spread evenly over what is left of the period. Those
+    /// still upgrading are scheduled when their 101 arrives.
+    pub fn follow_drain(&self, state: DrainState, now_ms: u64) {
+        if self.drain.get().is_some() {
+            return;
+        }
+        self.drain.set(Some(state));
+        let mut timers = self.timers.borrow_mut();
+        let timers = &mut *timers;
+        let mut held: Vec<(u32, WatchedRef)> = timers
+            .streams
+            .iter()
+            .filter(|(_, w)| matches!(w.borrow().kind, WatchKind::WebSocket(_)))
+            .map(|(id, w)| (*id, Rc::clone(w)))
+            .collect();
+        held.sort_by_key(|(id, _)| *id);
+        let times = drain::close_times(&state, held.len(), now_ms);
+        for ((id, watched), at) in held.into_iter().zip(times) {
+            if let WatchKind::WebSocket(ws) = &mut watched.borrow_mut().kind {
+                ws.drain_at_ms = Some(at);
+                if ws.phase == WsPhase::Open {
+                    timers.heap.push(Reverse((at, id)));
+                }
+            }
+        }
+    }
+
     /// Ids of the open WebSocket streams, for the reaper.
     pub fn websocket_ids(&self) -> Vec<u32> {
         self.timers
@@ -315,7 +354,12 @@ impl Worker {
                             request_id,
                         });
                     }
-                    WsPhase::Open => match ws.monitor.timer_check(limits, now_ms) {
+                    WsPhase::Open => match ws
+                        .drain_at_ms
+                        .filter(|at| *at <= now_ms)
+                        .map(|_| CloseReason::Draining)
+                        .or_else(|| ws.monitor.timer_check(limits, now_ms))
+                    {
                         Some(reason) => {
                             // Close politely where the protocol lets us: the
                             // close frames ride on the next chunk each way (a
@@ -334,7 +378,11 @@ impl Worker {
                             });
                         }
                         None => {
-                            if let Some(next) = ws.monitor.next_timer_due(limits) {
+                            let next = match (ws.monitor.next_timer_due(limits), ws.drain_at_ms) {
+                                (Some(a), Some(b)) => Some(a.min(b)),
+                                (a, b) => a.or(b),
+                            };
+                            if let Some(next) = next {
                                 reschedule.push((next.max(now_ms.saturating_add(1)), id));
                             }
                         }

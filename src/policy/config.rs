@@ -25,6 +25,8 @@ pub struct PolicyConfig {
     pub websocket: Option<WebSocketConfig>,
     pub routing: RoutingConfig,
     pub health_checks: Option<HealthChecksConfig>,
+    /// The instance's own health endpoint, for load balancers.
+    pub health: HealthEndpointConfig,
     pub metrics: MetricsConfig,
 }
 
@@ -180,6 +182,30 @@ fn default_status_cidrs() -> Vec<String> {
 }
 
 #[derive(Debug, Clone)]
+pub struct HealthEndpointConfig {
+    pub path: String,
+    pub allow_cidrs: Vec<String>,
+}
+
+impl Default for HealthEndpointConfig {
+    fn default() -> Self {
+        HealthEndpointConfig {
+            path: default_health_path(),
+            allow_cidrs: default_health_cidrs(),
+        }
+    }
+}
+
+fn default_health_path() -> String {
+    "/.edge-guard/health".to_string()
+}
+
+/// Everywhere: load balancers probe from their own addresses.
+fn default_health_cidrs() -> Vec<String> {
+    vec!["0.0.0.0/0".to_string(), "::/0".to_string()]
+}
+
+#[derive(Debug, Clone)]
 pub struct WebSocketConfig {
     pub max_connections: Option<u32>,
     pub max_connections_per_user: Option<u32>,
@@ -189,6 +215,8 @@ pub struct WebSocketConfig {
     pub max_messages_per_second: Option<u32>,
     pub idle_timeout: Option<Millis>,
     pub max_duration: Option<Millis>,
+    /// Over how long a drain closes the open connections.
+    pub drain_period: Option<Millis>,
 }
 
 /// `{"header": "x-user-id"}` or `{"jwt": {"payload_key": "jwt_payload", "claim": "sub"}}`.
@@ -430,6 +458,7 @@ impl PolicyConfig {
                 "websocket",
                 "routing",
                 "health_checks",
+                "health",
                 "metrics",
             ],
         )?;
@@ -495,6 +524,18 @@ impl PolicyConfig {
                 .get("health_checks")
                 .map(|v| HealthChecksConfig::from_value(v, "health_checks"))
                 .transpose()?,
+            health: match f.get("health") {
+                Some(v) => {
+                    let h = Fields::new(v, "health", &["path", "allow_cidrs"])?;
+                    HealthEndpointConfig {
+                        path: h.string("path")?.unwrap_or_else(default_health_path),
+                        allow_cidrs: h
+                            .strings("allow_cidrs")?
+                            .unwrap_or_else(default_health_cidrs),
+                    }
+                }
+                None => HealthEndpointConfig::default(),
+            },
             metrics: match f.get("metrics") {
                 Some(v) => {
                     let m = Fields::new(v, "metrics", &["request_duration"])?;
@@ -622,6 +663,7 @@ impl WebSocketConfig {
                 "max_messages_per_second",
                 "idle_timeout",
                 "max_duration",
+                "drain_period",
             ],
         )?;
         let identity = match f.get("identity") {
@@ -657,6 +699,7 @@ impl WebSocketConfig {
             max_messages_per_second: f.u32("max_messages_per_second")?,
             idle_timeout: f.duration("idle_timeout")?,
             max_duration: f.duration("max_duration")?,
+            drain_period: f.duration("drain_period")?,
         })
     }
 }

@@ -86,6 +86,17 @@ pub struct StatusEndpoint {
     pub allow: Vec<Cidr>,
 }
 
+/// The instance's health endpoint (for load balancers): `GET`/`HEAD`.
+#[derive(Debug, Clone)]
+pub struct HealthEndpoint {
+    pub path: String,
+    pub allow: Vec<Cidr>,
+}
+
+/// How long a drain (`POST <status.path>/drain`) takes to close every open
+/// WebSocket, when `websocket.drain_period` is not set.
+pub const DEFAULT_DRAIN_PERIOD: Millis = Millis(30_000);
+
 /// Where the identity of a WebSocket user comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Identity {
@@ -149,6 +160,9 @@ pub struct Policy {
     pub on_mismatch: OnMismatch,
     pub health: Option<HealthPolicy>,
     pub clusters: Vec<Cluster>,
+    pub health_endpoint: HealthEndpoint,
+    /// Over how long a drain closes the open WebSockets.
+    pub drain_period: Millis,
     /// `metrics.request_duration`: record the per-route duration histogram.
     pub request_duration_histogram: bool,
     /// Valid but probably not what was meant: logged at startup, reported by the
@@ -452,6 +466,8 @@ pub fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
     }
     let websocket = compile_websocket(config)?;
     let health = compile_health(config)?;
+    let health_endpoint = compile_health_endpoint(config, &status, &routes)?;
+    let drain_period = compile_drain_period(config)?;
     let (route_table, destinations) = match config.direction {
         Direction::Ingress => (
             RouteTable::build(routes.iter().map(|r| (r.prefix.as_str(), r.methods))),
@@ -482,6 +498,8 @@ pub fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
         on_mismatch: config.routing.on_mismatch,
         health,
         clusters,
+        health_endpoint,
+        drain_period,
         request_duration_histogram: config.metrics.request_duration,
         warnings,
     })
@@ -566,6 +584,37 @@ fn engine_io_missing(route: &Route, class: &TimeoutClass) -> Option<PolicyWarnin
     })
 }
 
+fn compile_health_endpoint(
+    config: &PolicyConfig,
+    status: &StatusEndpoint,
+    routes: &[Route],
+) -> Result<HealthEndpoint, ConfigError> {
+    let h = &config.health;
+    let (path, allow) = compile_endpoint("health", &h.path, &h.allow_cidrs)?;
+    if path == status.path || routes.iter().any(|r| r.prefix == path) {
+        return Err(ConfigError::new(
+            "health.path",
+            format!("\"{path}\" is also the status path or a route prefix; choose a path nothing else uses"),
+        ));
+    }
+    Ok(HealthEndpoint { path, allow })
+}
+
+fn compile_drain_period(config: &PolicyConfig) -> Result<Millis, ConfigError> {
+    let period = config
+        .websocket
+        .as_ref()
+        .and_then(|ws| ws.drain_period)
+        .unwrap_or(DEFAULT_DRAIN_PERIOD);
+    if period.as_ms() == 0 || period.as_ms() > 3_600_000 {
+        return Err(ConfigError::new(
+            "websocket.drain_period",
+            "must be between 1ms and 1h (default 30s): it spreads the closes of a drain over that long",
+        ));
+    }
+    Ok(period)
+}
+
 fn class_names(classes: &[TimeoutClass]) -> String {
     classes
         .iter()
@@ -628,18 +677,28 @@ fn compile_timeouts(config: &PolicyConfig) -> Result<Vec<TimeoutClass>, ConfigEr
 
 fn compile_status(config: &PolicyConfig) -> Result<StatusEndpoint, ConfigError> {
     let s = &config.status;
-    let path = normalise_prefix(&s.path)
-        .map_err(|why| ConfigError::new("status.path", format!("path \"{}\" {why}", s.path)))?;
-    let allow = s
-        .allow_cidrs
+    let (path, allow) = compile_endpoint("status", &s.path, &s.allow_cidrs)?;
+    Ok(StatusEndpoint { path, allow })
+}
+
+/// An endpoint the filter answers itself (`<field>.path`, `<field>.allow_cidrs`).
+fn compile_endpoint(
+    field: &str,
+    path: &str,
+    cidrs: &[String],
+) -> Result<(String, Vec<Cidr>), ConfigError> {
+    let normalised = normalise_prefix(path).map_err(|why| {
+        ConfigError::new(format!("{field}.path"), format!("path \"{path}\" {why}"))
+    })?;
+    let allow = cidrs
         .iter()
         .enumerate()
         .map(|(i, text)| {
             Cidr::parse(text)
-                .map_err(|why| ConfigError::new(format!("status.allow_cidrs[{i}]"), why))
+                .map_err(|why| ConfigError::new(format!("{field}.allow_cidrs[{i}]"), why))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(StatusEndpoint { path, allow })
+    Ok((normalised, allow))
 }
 
 fn positive<T: PartialEq + Default>(

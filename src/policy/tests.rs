@@ -451,3 +451,65 @@ fn a_short_class_on_a_socket_io_route_without_engine_io_is_a_warning() {
     let eio = policy.routes[1].engine_io.as_ref().unwrap();
     assert_eq!(eio.long_poll.total, Millis(45_000));
 }
+
+#[test]
+fn health_endpoint_and_drain_period_default_to_the_documented_values() {
+    let policy = compile_value(&base()).unwrap();
+    assert_eq!(policy.health_endpoint.path, "/.edge-guard/health");
+    let anywhere: Vec<String> = policy
+        .health_endpoint
+        .allow
+        .iter()
+        .map(|c| format!("{c:?}"))
+        .collect();
+    assert_eq!(anywhere.len(), 2, "IPv4 and IPv6 everywhere: {anywhere:?}");
+    assert!(policy
+        .health_endpoint
+        .allow
+        .iter()
+        .any(|c| c.contains("203.0.113.9".parse().unwrap())));
+    assert_eq!(policy.drain_period, DEFAULT_DRAIN_PERIOD);
+    assert_eq!(DEFAULT_DRAIN_PERIOD, Millis(30_000));
+}
+
+#[test]
+fn health_endpoint_and_drain_period_are_configurable() {
+    let mut v = base();
+    v["health"] = json!({"path": "/healthz", "allow_cidrs": ["10.0.0.0/8"]});
+    v["websocket"] = json!({"drain_period": "90s"});
+    let policy = compile_value(&v).unwrap();
+    assert_eq!(policy.health_endpoint.path, "/healthz");
+    assert!(!policy
+        .health_endpoint
+        .allow
+        .iter()
+        .any(|c| c.contains("127.0.0.1".parse().unwrap())));
+    assert_eq!(policy.drain_period, Millis(90_000));
+}
+
+#[test]
+fn health_endpoint_errors_name_the_field() {
+    let mut v = base();
+    v["health"] = json!({"path": "/.edge-guard/status"});
+    assert_eq!(error_of(v).path, "health.path");
+    let mut v = base();
+    v["health"] = json!({"path": "/api/courses"});
+    assert_eq!(error_of(v).path, "health.path");
+    let mut v = base();
+    v["health"] = json!({"allow_cidrs": ["10.0.0.0/99"]});
+    assert_eq!(error_of(v).path, "health.allow_cidrs[0]");
+    let mut v = base();
+    v["health"] = json!({"pth": "/x"});
+    assert_eq!(error_of(v).path, "health.pth");
+}
+
+#[test]
+fn drain_period_must_be_positive_and_at_most_an_hour() {
+    for bad in ["0s", "2h"] {
+        let mut v = base();
+        v["websocket"] = json!({"drain_period": bad});
+        let e = error_of(v);
+        assert_eq!(e.path, "websocket.drain_period", "{bad}");
+        assert!(e.problem.contains("default 30s"), "{e}");
+    }
+}

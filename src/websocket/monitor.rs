@@ -57,6 +57,8 @@ pub enum CloseReason {
     MaxDuration,
     /// The host could not hand us the bytes of a frame header (not the peer's fault).
     InternalError,
+    /// The instance is draining (`POST <status.path>/drain`): Going Away.
+    Draining,
 }
 
 impl CloseReason {
@@ -66,7 +68,7 @@ impl CloseReason {
             CloseReason::MessageTooBig => 1009,
             CloseReason::RateLimited => 1008,
             CloseReason::ProtocolError => 1002,
-            CloseReason::IdleTimeout | CloseReason::MaxDuration => 1001,
+            CloseReason::IdleTimeout | CloseReason::MaxDuration | CloseReason::Draining => 1001,
             CloseReason::InternalError => 1011,
         }
     }
@@ -80,6 +82,7 @@ impl CloseReason {
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::MaxDuration => "max_duration",
             CloseReason::InternalError => "internal_error",
+            CloseReason::Draining => "draining",
         }
     }
 }

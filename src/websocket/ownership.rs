@@ -123,21 +123,7 @@ pub struct Ledger {
 
 impl Ledger {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![LEDGER_VERSION];
-        out.extend_from_slice(&self.generation.to_le_bytes());
-        out.extend_from_slice(&self.heartbeat_ms.to_le_bytes());
-        out.extend_from_slice(&self.holdings.instance.to_le_bytes());
-        let routes = u16::try_from(self.holdings.routes.len()).unwrap_or(u16::MAX);
-        out.extend_from_slice(&routes.to_le_bytes());
-        for (name, n) in self.holdings.routes.iter().take(usize::from(routes)) {
-            push_named(&mut out, name, *n);
-        }
-        let users = u32::try_from(self.holdings.users.len()).unwrap_or(u32::MAX);
-        out.extend_from_slice(&users.to_le_bytes());
-        for (id, n) in &self.holdings.users {
-            push_named(&mut out, id, *n);
-        }
-        out
+        encode_ledger(self.generation, self.heartbeat_ms, &self.holdings)
     }
 
     pub fn decode(bytes: &[u8]) -> Option<Ledger> {
@@ -166,6 +152,31 @@ impl Ledger {
             holdings,
         })
     }
+}
+
+fn encode_ledger(generation: u64, heartbeat_ms: u64, holdings: &Holdings) -> Vec<u8> {
+    let mut out = vec![LEDGER_VERSION];
+    out.extend_from_slice(&generation.to_le_bytes());
+    out.extend_from_slice(&heartbeat_ms.to_le_bytes());
+    out.extend_from_slice(&holdings.instance.to_le_bytes());
+    let routes = u16::try_from(holdings.routes.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&routes.to_le_bytes());
+    for (name, n) in holdings.routes.iter().take(usize::from(routes)) {
+        push_named(&mut out, name, *n);
+    }
+    let users = u32::try_from(holdings.users.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&users.to_le_bytes());
+    for (id, n) in &holdings.users {
+        push_named(&mut out, id, *n);
+    }
+    out
+}
+
+/// The generation a stored ledger belongs to, read from its head only.
+fn generation_of(bytes: &[u8]) -> Option<u64> {
+    let mut r = Reader(bytes);
+    (r.take::<1>()? == [LEDGER_VERSION]).then_some(())?;
+    Some(u64::from_le_bytes(r.take()?))
 }
 
 fn push_named(out: &mut Vec<u8>, name: &str, n: u32) {
@@ -388,7 +399,7 @@ impl Owner {
             let Some((current, cas)) = store.get(&self.key)? else {
                 return Ok(());
             };
-            if Ledger::decode(&current).map(|l| l.generation) != Some(self.generation) {
+            if generation_of(&current) != Some(self.generation) {
                 return Ok(()); // reaped already
             }
             match store.set(&self.key, RETIRED, cas) {
@@ -405,18 +416,12 @@ impl Owner {
         store: &S,
         now_ms: u64,
     ) -> Result<Written, OwnershipError> {
-        let ledger = Ledger {
-            generation: self.generation,
-            heartbeat_ms: now_ms,
-            holdings: self.holdings.clone(),
-        };
-        let value = ledger.encode();
+        let value = encode_ledger(self.generation, now_ms, &self.holdings);
         for _ in 0..ATTEMPTS {
             let current = store.get(&self.key)?;
             let ours = current
                 .as_ref()
-                .and_then(|(v, _)| Ledger::decode(v))
-                .is_some_and(|l| l.generation == self.generation);
+                .is_some_and(|(v, _)| generation_of(v) == Some(self.generation));
             let Some((_, cas)) = current.filter(|_| ours) else {
                 // Reaped: its counts were subtracted. Come back as a new generation
                 // and add what this VM still holds.

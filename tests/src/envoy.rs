@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::fs::File;
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,8 @@ pub struct EnvoyBuilder {
     wasm_path: Option<PathBuf>,
     hot_restart: Option<(Option<u32>, u32)>,
     listener_port: u16,
+    ecds: bool,
+    ecds_file: Option<PathBuf>,
     /// A complete bootstrap to run instead of the generated one
     /// (`Envoy::from_bootstrap`), and the listener `addr()` is.
     bootstrap: Option<String>,
@@ -101,6 +103,13 @@ impl EnvoyBuilder {
     /// The ingress listener's port (default 0: the OS picks).
     pub fn listener_port(mut self, port: u16) -> Self {
         self.listener_port = port;
+        self
+    }
+    /// Delivers the filter's configuration through ECDS from a watched file
+    /// (the policy given to `builder` is both the bootstrap default and the
+    /// first file); `Envoy::push_policy` swaps it atomically.
+    pub fn ecds(mut self) -> Self {
+        self.ecds = true;
         self
     }
     /// Loads this wasm instead of the release build (e.g. the fault-injection
@@ -281,10 +290,22 @@ impl EnvoyBuilder {
         }
     }
 
-    fn spawn(self) -> Envoy {
+    fn spawn(mut self) -> Envoy {
         paths::prepare_process_limits();
         let envoy_bin = paths::envoy_bin();
         let dir = TestDir::new("envoy");
+        let ecds = self.ecds.then(|| {
+            let ecds_dir = dir.join("ecds");
+            std::fs::create_dir_all(&ecds_dir).expect("create the ECDS dir");
+            let ecds = Ecds {
+                file: ecds_dir.join("edge_guard.yaml"),
+                wasm: self.wasm_path.clone().unwrap_or_else(paths::wasm),
+                failure_policy: self.failure_policy.clone(),
+            };
+            ecds.push(&self.policy, "edge_guard");
+            ecds
+        });
+        self.ecds_file = ecds.as_ref().map(|e| e.file.clone());
         let config_path = dir.join("envoy.yaml");
         let log_path = dir.join("envoy.log");
         let admin_path = dir.join("admin.address");
@@ -332,8 +353,31 @@ impl EnvoyBuilder {
             output_path,
             admin: None,
             listener: None,
+            ecds,
             _closed_ports: self.closed_ports,
         }
+    }
+}
+
+/// Where and how a running Envoy gets the filter's configuration by ECDS.
+struct Ecds {
+    file: PathBuf,
+    wasm: PathBuf,
+    failure_policy: String,
+}
+
+impl Ecds {
+    /// Writes the resource next to the watched file, then renames it into
+    /// place: Envoy sees one complete file, never a half-written one.
+    fn push(&self, policy: &Policy, vm_id: &str) {
+        let tmp = self.file.with_extension("yaml.tmp");
+        std::fs::write(
+            &tmp,
+            ecds_resource(policy, &self.wasm, &self.failure_policy, vm_id),
+        )
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", tmp.display()));
+        std::fs::rename(&tmp, &self.file)
+            .unwrap_or_else(|e| panic!("cannot rename onto {}: {e}", self.file.display()));
     }
 }
 
@@ -395,11 +439,26 @@ pub struct Envoy {
     output_path: PathBuf,
     admin: Option<SocketAddr>,
     listener: Option<SocketAddr>,
+    ecds: Option<Ecds>,
     /// Ports of `dead_cluster`s, kept bound while Envoy runs.
     _closed_ports: Vec<ClosedPort>,
 }
 
 impl Envoy {
+    /// Delivers a new filter configuration through ECDS (built with
+    /// `EnvoyBuilder::ecds`), with the same `vm_id` as before.
+    pub fn push_policy(&self, policy: impl Into<Policy>) {
+        self.push_filter_config(policy, "edge_guard");
+    }
+    /// As `push_policy`, with another `vm_id`.
+    pub fn push_filter_config(&self, policy: impl Into<Policy>, vm_id: &str) {
+        let ecds = self
+            .ecds
+            .as_ref()
+            .expect("push_policy needs an Envoy built with .ecds()");
+        ecds.push(&policy.into(), vm_id);
+    }
+
     /// Starts building an Envoy whose edge-guard filter gets `policy`.
     pub fn builder(policy: impl Into<Policy>) -> EnvoyBuilder {
         EnvoyBuilder {
@@ -424,6 +483,8 @@ impl Envoy {
             wasm_path: None,
             hot_restart: None,
             listener_port: 0,
+            ecds: false,
+            ecds_file: None,
             bootstrap: None,
             listener_name: "ingress".into(),
         }
@@ -744,6 +805,37 @@ fn indent(block: &str, col: usize) -> String {
         .collect()
 }
 
+/// The edge-guard `Wasm` filter config (a mapping with its `@type`),
+/// written at column 0.
+fn wasm_filter_config(policy: &Policy, wasm: &Path, failure_policy: &str, vm_id: &str) -> String {
+    format!(
+        r#""@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+config:
+  name: edge_guard
+  root_id: edge_guard
+  vm_config:
+    vm_id: {}
+    runtime: envoy.wasm.runtime.v8
+    code: {{local: {{filename: {}}}}}
+  configuration:
+    "@type": type.googleapis.com/google.protobuf.StringValue
+    value: {}
+  failure_policy: {failure_policy}
+"#,
+        q(vm_id),
+        q(&wasm.to_string_lossy()),
+        q(&policy.0)
+    )
+}
+
+/// An ECDS resource file (a DiscoveryResponse) carrying the edge-guard filter.
+fn ecds_resource(policy: &Policy, wasm: &Path, failure_policy: &str, vm_id: &str) -> String {
+    format!(
+        "resources:\n- \"@type\": type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig\n  name: edge_guard\n  typed_config:\n{}",
+        indent(&wasm_filter_config(policy, wasm, failure_policy, vm_id), 4)
+    )
+}
+
 /// Routes the policy declares: (name, prefix, cluster, websocket).
 fn policy_routes(policy: &Policy) -> Vec<(String, String, String, bool)> {
     let Ok(json) = serde_json::from_str::<Value>(&policy.0) else {
@@ -820,6 +912,7 @@ fn render_bootstrap(b: &EnvoyBuilder, wasm: Option<&PathBuf>) -> String {
     }
     y.push_str(
         &r#"# Generated by the edge-guard e2e harness.
+node: {id: edge-guard-e2e, cluster: edge-guard}
 admin:
   address: {socket_address: {address: 127.0.0.1, port_value: 0}}
 static_resources:
@@ -906,27 +999,25 @@ static_resources:
         let _ = write!(y, "          - {}", &block[12..]);
     }
     if let Some(wasm) = wasm {
-        let _ = write!(
-            y,
-            r#"          - name: envoy.filters.http.wasm
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: edge_guard
-                root_id: edge_guard
-                vm_config:
-                  vm_id: edge_guard
-                  runtime: envoy.wasm.runtime.v8
-                  code: {{local: {{filename: {}}}}}
-                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: {}
-                failure_policy: {}
-"#,
-            q(&wasm.to_string_lossy()),
-            q(&b.policy.0),
-            b.failure_policy
-        );
+        let config = wasm_filter_config(&b.policy, wasm, &b.failure_policy, "edge_guard");
+        match &b.ecds_file {
+            None => {
+                y.push_str(
+                    "          - name: envoy.filters.http.wasm\n            typed_config:\n",
+                );
+                y.push_str(&indent(&config, 14));
+            }
+            Some(file) => {
+                // The filter's configuration through ECDS, file-watched; the
+                // bootstrap keeps the same policy as the default.
+                let _ = write!(
+                    y,
+                    "          - name: edge_guard\n            config_discovery:\n              config_source:\n                path_config_source: {{path: {}}}\n                resource_api_version: V3\n              apply_default_config_without_warming: true\n              type_urls: [\"type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\"]\n              default_config:\n",
+                    q(&file.to_string_lossy())
+                );
+                y.push_str(&indent(&config, 16));
+            }
+        }
     }
     y.push_str(
         r#"          - name: envoy.filters.http.router

@@ -350,7 +350,10 @@ fn the_compose_wiring_agrees_envoy_services_prometheus_grafana() {
         }
     }
     for f in files {
-        let mounted = envoy_mounts.iter().any(|(_, t)| *t == f);
+        // A file, or a file in a mounted directory (ECDS watches a directory).
+        let mounted = envoy_mounts
+            .iter()
+            .any(|(_, t)| *t == f || f.starts_with(&format!("{t}/")));
         if !(mounted || in_image.contains(&f) || copied_wasm.contains(&f)) {
             problems.push(format!(
                 "{COMPOSE_ENVOY} names {f}, which neither the envoy image nor a mount provides"
@@ -621,10 +624,22 @@ fn compose_envoy_config_routes_by_service_name_in_real_envoy() {
     let dir = std::env::temp_dir().join(format!("edge-guard-compose-run-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
-    // Only the wasm's path differs from the container (the image has it at /etc/envoy).
+    // Only the wasm's path differs from the container (the image has it at
+    // /etc/envoy), and the ECDS resource's (the compose file mounts
+    // deploy/compose/ecds at /etc/envoy/ecds; it names the wasm too).
+    let wasm_path = wasm.to_string_lossy();
+    let ecds = dir.join("edge_guard.json");
+    std::fs::write(
+        &ecds,
+        read_repo_file("deploy/compose/ecds/edge_guard.json")
+            .replace("/etc/envoy/edge_guard.wasm", &wasm_path),
+    )
+    .expect("write the ECDS resource");
     std::fs::write(
         dir.join("envoy.yaml"),
-        compose_cfg.replace("/etc/envoy/edge_guard.wasm", &wasm.to_string_lossy()),
+        compose_cfg
+            .replace("/etc/envoy/edge_guard.wasm", &wasm_path)
+            .replace("/etc/envoy/ecds/edge_guard.json", &ecds.to_string_lossy()),
     )
     .expect("write config");
     // Docker's embedded DNS, as a hosts file; each service at its own address

@@ -375,9 +375,24 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 }
 
 /// envoy/envoy.yaml with OS-assigned listener/admin ports, this test's
-/// upstreams and the built wasm: otherwise unchanged.
-fn run_config(ports: &BTreeMap<u16, u16>) -> String {
+/// upstreams and the built wasm (also in a copy of the ingress filter's ECDS
+/// resource, written to `dir`): otherwise unchanged.
+fn run_config(ports: &BTreeMap<u16, u16>, dir: &std::path::Path) -> String {
+    let wasm = paths::wasm();
+    let ecds = dir.join("edge_guard.json");
+    std::fs::write(
+        &ecds,
+        read_repo_file("envoy/ecds/edge_guard.json").replace(
+            "target/wasm32-wasip1/release/edge_guard.wasm",
+            &wasm.display().to_string(),
+        ),
+    )
+    .expect("write the ECDS resource");
     let mut cfg = read_repo_file("envoy/envoy.yaml")
+        .replace(
+            "path_config_source: {path: envoy/ecds/edge_guard.json}",
+            &format!("path_config_source: {{path: {}}}", ecds.display()),
+        )
         .replace(
             "address: 127.0.0.1, port_value: 9901",
             "address: 127.0.0.1, port_value: 0",
@@ -388,7 +403,7 @@ fn run_config(ports: &BTreeMap<u16, u16>) -> String {
         )
         .replace(
             "filename: target/wasm32-wasip1/release/edge_guard.wasm",
-            &format!("filename: {}", paths::wasm().display()),
+            &format!("filename: {}", wasm.display()),
         );
     for (from, to) in ports {
         cfg = cfg.replace(
@@ -420,7 +435,7 @@ fn real_prometheus_sees_every_metric_and_label_the_rules_and_dashboard_use() {
         .map(|(i, u)| (18081 + i as u16, u.port()))
         .collect();
     let cfg_path = dir.join("envoy.yaml");
-    std::fs::write(&cfg_path, run_config(&ports)).expect("write envoy.yaml");
+    std::fs::write(&cfg_path, run_config(&ports, dir.path())).expect("write envoy.yaml");
     let admin_path = dir.join("admin.address");
     let envoy = Proc {
         child: Command::new(paths::envoy_bin())

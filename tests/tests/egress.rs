@@ -488,6 +488,31 @@ fn shipped_stack(services: &[&Upstream]) -> Envoy {
         "filename: target/wasm32-wasip1/release/edge_guard.wasm",
         &format!("filename: {}", wasm.display()),
     );
+    // The edge filter comes through ECDS: a copy of its resource with the
+    // same absolute wasm path, outliving this test's Envoy (one per process).
+    let ecds = std::env::temp_dir().join(format!(
+        "edge-guard-shipped-ecds-{}.json",
+        std::process::id()
+    ));
+    std::fs::write(
+        &ecds,
+        std::fs::read_to_string(root.join("envoy/ecds/edge_guard.json"))
+            .unwrap()
+            .replace(
+                "target/wasm32-wasip1/release/edge_guard.wasm",
+                &wasm.display().to_string(),
+            ),
+    )
+    .unwrap();
+    let relative = "path_config_source: {path: envoy/ecds/edge_guard.json}";
+    assert!(
+        yaml.contains(relative),
+        "envoy.yaml no longer has {relative}"
+    );
+    yaml = yaml.replace(
+        relative,
+        &format!("path_config_source: {{path: {}}}", ecds.display()),
+    );
     Envoy::from_bootstrap(yaml, "edge").start()
 }
 

@@ -207,6 +207,9 @@ fn a_hot_restart_never_holds_more_than_the_instance_limit() {
         .start();
     // The child's gauge carries the parent's 3 as soon as it is ready.
     assert_eq!(stat(&child, "edge_guard.websocket.active"), 3);
+    // Independent of the filter: the WebSockets actually open at the
+    // upstream both processes proxy to, sampled throughout.
+    let sampler = max_sampler(up.addr());
     let on_child = admit_until_full(&child, 2);
     assert_eq!(on_child.len(), 2, "the child admits what the parent leaves");
     assert_eq!(
@@ -249,9 +252,347 @@ fn a_hot_restart_never_holds_more_than_the_instance_limit() {
         stat(&child, "edge_guard.websocket.active"),
         u64::from(limit)
     );
+    let highest = sampler.finish();
+    assert!(
+        (3..=i64::from(limit)).contains(&highest),
+        "WebSockets open at the upstream over both processes peaked at {highest} (limit {limit})"
+    );
+    // And the upstream sees exactly the limit now: the measure is live.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while up.ws_open() != i64::from(limit) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(up.ws_open(), i64::from(limit), "open at the upstream");
+}
+
+/// Polls the demo upstream's count of open WebSockets every 20 ms and
+/// keeps its maximum.
+struct MaxSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<i64>,
+}
+
+impl MaxSampler {
+    fn finish(self) -> i64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.join().expect("sampler thread")
+    }
+}
+
+fn max_sampler(upstream: std::net::SocketAddr) -> MaxSampler {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = std::thread::spawn(move || {
+        let mut max = 0;
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok(r) = http::send(upstream, &Request::get("/__control/stats")) {
+                max = max.max(r.json()["ws_open"].as_i64().unwrap_or(0));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        max
+    });
+    MaxSampler { stop, handle }
 }
 
 fn assert_echo(ws: &mut WsClient, text: &str) {
     ws.send_text(text);
     assert_eq!(ws.expect_text(), text);
+}
+
+// ---- health and drain ----------------------------------------------------------------
+
+const HEALTH: &str = "/.edge-guard/health";
+const DRAIN: &str = "/.edge-guard/status/drain";
+
+/// A client that keeps data flowing both ways (a message every 100 ms, the
+/// demo upstream echoes it) until its connection ends; returns how it ended
+/// and when.
+fn chatty(mut ws: WsClient) -> std::thread::JoinHandle<(WsEvent, Instant)> {
+    std::thread::spawn(move || loop {
+        ws.send_text("tick");
+        match ws.recv_timeout(Duration::from_millis(100)) {
+            WsEvent::Text(_) | WsEvent::TimedOut => {}
+            end => return (end, Instant::now()),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    })
+}
+
+fn drain_policy(limit: u32, period: &str) -> Value {
+    let mut p = policy(limit);
+    p["websocket"]["drain_period"] = json!(period);
+    p
+}
+
+#[test]
+fn health_answers_serving_with_the_websocket_counts_and_head_has_no_body() {
+    let up = Upstream::start("event_service");
+    let envoy = Envoy::builder(policy(10)).upstream(&up).start();
+    let _held = admit_exactly(&envoy, 2);
+    let r = envoy.get(HEALTH);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.json(),
+        json!({"status": "serving", "websocket": {"active": 2, "limit": 10}})
+    );
+    let r = envoy.request(Request::new("HEAD", HEALTH));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.is_empty(), "{r:?}");
+    // Only POST drains; a GET on the drain path is just an unknown route.
+    assert_eq!(envoy.get(DRAIN).status, 404);
+    assert_eq!(envoy.get(HEALTH).status, 200);
+}
+
+#[test]
+fn health_and_drain_answer_only_their_allowed_sources() {
+    let up = Upstream::start("event_service");
+    let mut p = policy(10);
+    p["health"] = json!({"allow_cidrs": ["10.0.0.0/8"]});
+    p["status"] = json!({"allow_cidrs": ["10.0.0.0/8"]});
+    let envoy = Envoy::builder(p).upstream(&up).start();
+    // From 127.0.0.1 neither exists: the paths are unknown routes.
+    assert_eq!(envoy.get(HEALTH).status, 404);
+    assert_eq!(envoy.request(Request::post(DRAIN)).status, 404);
+    // Nor can a forwarded-for header claim an allowed address.
+    let r = envoy.request(Request::post(DRAIN).header("x-forwarded-for", "10.1.2.3"));
+    assert_eq!(r.status, 404, "{r:?}");
+    assert_eq!(envoy.get(HEALTH).status, 404, "no drain started");
+}
+
+/// The contract: `POST <status.path>/drain` answers 202, health turns 503,
+/// every open WebSocket is closed with 1001 within `drain_period` + 1 s,
+/// spread over the period, every slot is released, new upgrades get 503
+/// `websocket_capacity` with `retry-after`, and plain HTTP keeps working.
+#[test]
+fn drain_closes_every_websocket_with_1001_spread_over_the_period() {
+    let period = Duration::from_secs(3);
+    let up = Upstream::start("event_service");
+    let course = Upstream::start("course_service");
+    let envoy = Envoy::builder(drain_policy(10, "3s"))
+        .upstream(&up)
+        .upstream(&course)
+        .concurrency(2)
+        .start();
+    let clients: Vec<_> = admit_exactly(&envoy, 6).into_iter().map(chatty).collect();
+    std::thread::sleep(Duration::from_millis(300));
+
+    let started = Instant::now();
+    let r = envoy.request(Request::post(DRAIN));
+    assert_eq!(r.status, 202, "{r:?}");
+    let doc = r.json();
+    assert_eq!(doc["status"], "draining", "{doc}");
+    assert_eq!(doc["drain"]["period_ms"], 3000, "{doc}");
+    assert_eq!(doc["websocket"]["active"], 6, "{doc}");
+
+    let r = envoy.get(HEALTH);
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.json()["status"], "draining");
+    assert_eq!(envoy.request(Request::new("HEAD", HEALTH)).status, 503);
+    match envoy.websocket(EVENTS, &[]) {
+        Ok(_) => panic!("an upgrade was admitted while draining"),
+        Err(r) => assert_capacity(&r),
+    }
+    assert_eq!(
+        envoy.get("/api/courses/1").status,
+        200,
+        "plain HTTP keeps working"
+    );
+    // A second POST (a retried hook) keeps the first drain.
+    let again = envoy.request(Request::post(DRAIN)).json();
+    assert_eq!(again["drain"]["started_ms"], doc["drain"]["started_ms"]);
+
+    let mut closed_after = Vec::new();
+    for client in clients {
+        let (end, at) = client.join().expect("client thread");
+        assert_eq!(
+            end,
+            WsEvent::Closed {
+                code: 1001,
+                reason: "draining".into()
+            },
+            "a drained connection gets Going Away"
+        );
+        closed_after.push(at.saturating_duration_since(started));
+    }
+    closed_after.sort();
+    eprintln!("closed after {closed_after:?}");
+    let last = *closed_after.last().unwrap();
+    let first = closed_after[0];
+    assert!(
+        last <= period + Duration::from_secs(1),
+        "last close at {last:?}"
+    );
+    assert!(
+        last - first >= period / 3,
+        "closes not spread over the period: {closed_after:?}"
+    );
+    let early = closed_after
+        .iter()
+        .filter(|d| **d < Duration::from_millis(500))
+        .count();
+    assert!(early <= 2, "too many closes at the start: {closed_after:?}");
+
+    // Every slot released.
+    assert_eq!(
+        envoy.wait_for_stat("edge_guard.websocket.active", Duration::from_secs(2), |n| n
+            == 0),
+        Some(0)
+    );
+    assert_eq!(
+        stat(&envoy, "edge_guard.route.events.websocket.closed.draining"),
+        6
+    );
+    let status = envoy.get("/.edge-guard/status").json();
+    assert_eq!(status["websocket"]["active"], 0, "{status}");
+}
+
+// ---- policy changes through ECDS -------------------------------------------------------
+
+fn ecds_stat(envoy: &Envoy, what: &str) -> u64 {
+    envoy
+        .stats()
+        .iter()
+        .find(|(name, _)| {
+            name.starts_with("extension_config_discovery.")
+                && name.ends_with(&format!("edge_guard.{what}"))
+        })
+        .map_or(0, |(_, v)| *v)
+}
+
+fn wait_ecds(envoy: &Envoy, what: &str, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ecds_stat(envoy, what) < n {
+        assert!(
+            Instant::now() < deadline,
+            "no ECDS {what} #{n}: {:?}",
+            envoy
+                .stats()
+                .iter()
+                .filter(|(k, _)| k.starts_with("extension_config_discovery."))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Plain GETs in a loop until stopped; returns (requests, failures).
+fn http_load(
+    envoy_addr: std::net::SocketAddr,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<(u64, Vec<String>)>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = std::thread::spawn(move || {
+        let (mut n, mut failures) = (0u64, Vec::new());
+        while !flag.load(Ordering::Relaxed) {
+            n += 1;
+            match http::send(envoy_addr, &Request::get("/api/courses/1")) {
+                Ok(r) if r.status == 200 => {}
+                Ok(r) => failures.push(format!("{r:?}")),
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        (n, failures)
+    });
+    (stop, handle)
+}
+
+fn route_limit_policy(route_limit: u32, standard: &str) -> Value {
+    json!({
+        "routes": [
+            {"name": "courses", "prefix": "/api/courses", "cluster": "course_service"},
+            {"name": "events", "prefix": EVENTS, "cluster": "event_service", "websocket": true, "max_connections": route_limit},
+        ],
+        "timeouts": {"classes": {"standard": standard}},
+        "websocket": {"max_connections": 10, "drain_period": "2s"},
+    })
+}
+
+/// A policy change delivered by ECDS under HTTP load leaves the open
+/// WebSockets open and counted, takes effect for new requests, and a bad
+/// policy is refused with its reason logged while the last good one serves.
+#[test]
+fn an_ecds_policy_change_keeps_open_websockets_and_a_bad_one_is_refused() {
+    use std::sync::atomic::Ordering;
+    let up = Upstream::start("event_service");
+    let course = Upstream::start("course_service");
+    let envoy = Envoy::builder(route_limit_policy(8, "30s"))
+        .upstream(&up)
+        .upstream(&course)
+        .concurrency(2)
+        .ecds()
+        .start();
+    wait_ecds(&envoy, "config_reload", 1);
+    let mut held = admit_exactly(&envoy, 3);
+    let (stop, load) = http_load(envoy.addr());
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Lower the route limit to 4 and change a timeout.
+    envoy.push_policy(route_limit_policy(4, "20s"));
+    wait_ecds(&envoy, "config_reload", 2);
+    std::thread::sleep(Duration::from_millis(300));
+    for ws in held.iter_mut() {
+        assert_echo(ws, "still here");
+    }
+    let status = envoy.get("/.edge-guard/status").json();
+    let events = &status["routes"][1];
+    assert_eq!(events["websocket_connections"]["limit"], 4, "{status}");
+    assert_eq!(events["websocket_connections"]["active"], 3, "{status}");
+    // The new limit counts the connections opened under the old policy.
+    held.extend(admit_until_full(&envoy, 1));
+    assert_eq!(held.len(), 4);
+
+    // A bad policy: refused, reason logged, the last good one serves.
+    let mut bad = route_limit_policy(2, "20s");
+    bad["routes"][0]["prefx"] = json!("/oops");
+    envoy.push_policy(bad);
+    wait_ecds(&envoy, "config_fail", 1);
+    assert!(
+        envoy.wait_for_log("routes[0].prefx", Duration::from_secs(3)),
+        "the refusal's reason is logged"
+    );
+    let status = envoy.get("/.edge-guard/status").json();
+    assert_eq!(
+        status["routes"][1]["websocket_connections"]["limit"], 4,
+        "{status}"
+    );
+    for ws in held.iter_mut() {
+        assert_echo(ws, "still here after the refusal");
+    }
+    assert_full(&envoy);
+
+    stop.store(true, Ordering::Relaxed);
+    let (requests, failures) = load.join().expect("load thread");
+    assert!(requests > 20, "the load ran ({requests} requests)");
+    assert!(
+        failures.is_empty(),
+        "{} of {requests} requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+    assert_eq!(stat(&envoy, "edge_guard.websocket.active"), 4);
+
+    // Connections opened under the first policy still follow the instance:
+    // a drain closes them too, and gives every slot back.
+    let clients: Vec<_> = held.into_iter().map(chatty).collect();
+    assert_eq!(envoy.request(Request::post(DRAIN)).status, 202);
+    for client in clients {
+        let (end, _) = client.join().expect("client thread");
+        assert_eq!(
+            end,
+            WsEvent::Closed {
+                code: 1001,
+                reason: "draining".into()
+            }
+        );
+    }
+    assert_eq!(
+        envoy.wait_for_stat("edge_guard.websocket.active", Duration::from_secs(2), |n| n
+            == 0),
+        Some(0)
+    );
 }
