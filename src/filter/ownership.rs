@@ -18,6 +18,7 @@ thread_local! {
     static OWNER: RefCell<Option<Owner>> = const { RefCell::new(None) };
     static ROOTS: Cell<u32> = const { Cell::new(0) };
     static NEXT_REAP_MS: Cell<u64> = const { Cell::new(0) };
+    static LAST_TICK_MS: Cell<u64> = const { Cell::new(0) };
 }
 
 /// A root context of this VM configured. The generation itself is
@@ -88,7 +89,14 @@ pub fn released(admission: &Admission, now_ms: u64) {
 /// Every tick: beat when due, and reap dead generations every
 /// `REAP_EVERY_MS`. Returns what was reclaimed, for the caller's metrics.
 pub fn tick(now_ms: u64) -> Vec<Reaped> {
+    let last_tick = LAST_TICK_MS.with(|t| t.replace(now_ms));
     with_owner("heartbeat", |o| o.heartbeat(&HostStore, now_ms));
+    if !ownership::may_reap(last_tick, now_ms) {
+        // Paused with the whole process: give the others one reap period
+        // to beat again before judging them.
+        NEXT_REAP_MS.with(|n| n.set(now_ms.saturating_add(REAP_EVERY_MS)));
+        return Vec::new();
+    }
     if now_ms < NEXT_REAP_MS.with(Cell::get) {
         return Vec::new();
     }

@@ -46,6 +46,19 @@ pub const STALE_AFTER_MS: u64 = 4_000;
 /// How often each VM runs the reaper. A dead VM's slots are back within
 /// `STALE_AFTER_MS + REAP_EVERY_MS` (plus one tick) of its last heartbeat.
 pub const REAP_EVERY_MS: u64 = 1_000;
+/// A VM whose own ticks stopped for this long was paused with its whole
+/// process (SIGSTOP, a hypervisor pause, heavy swapping): on its first tick
+/// after that, every other VM's heartbeat looks stale for the same reason.
+pub const PAUSED_AFTER_MS: u64 = 1_000;
+
+/// Whether this VM's reaper may judge other generations at `now_ms`, given
+/// when it last ticked (0: never). Not on its first tick, nor on the first
+/// tick after a pause of its own: the others were most likely paused with it
+/// and beat again on their next tick, well before the next reap is due.
+pub fn may_reap(last_tick_ms: u64, now_ms: u64) -> bool {
+    last_tick_ms != 0 && now_ms.saturating_sub(last_tick_ms) < PAUSED_AFTER_MS
+}
+
 /// Upper bound of the pool: far above workers × VM generations alive at once.
 pub const MAX_POOL: u32 = 1_024;
 
@@ -505,6 +518,22 @@ pub fn local_limit(limit: Option<u32>, elsewhere: u32) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_reaper_that_was_paused_itself_does_not_judge_the_others() {
+        assert!(!may_reap(0, 10_000), "first tick");
+        assert!(may_reap(10_000, 10_050));
+        assert!(may_reap(10_000, 10_000 + PAUSED_AFTER_MS - 1));
+        assert!(!may_reap(10_000, 10_000 + PAUSED_AFTER_MS));
+        assert!(
+            !may_reap(10_000, 10_000 + STALE_AFTER_MS * 3),
+            "whole process stopped"
+        );
+        assert!(
+            may_reap(10_000, 9_000),
+            "a clock that went back is no pause"
+        );
+    }
     use super::*;
     use crate::shared_store::MemoryStore;
     use crate::websocket::slots::{
