@@ -320,7 +320,7 @@ fn accepts(node: &Node, c: char) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::full_match;
+    use super::{full_match, STEP_LIMIT};
 
     #[test]
     fn literal_and_escapes() {
@@ -365,6 +365,16 @@ mod tests {
         assert_eq!(full_match(r"(?P<v>\d+)", "1"), None);
         assert_eq!(full_match(r"/api(", "/api"), None);
         assert_eq!(full_match(r"*", "x"), None);
+    }
+
+    #[test]
+    fn a_match_decided_within_exactly_the_step_limit_counts() {
+        // `b|b|…|b` against "a" takes one step for the root and one per
+        // failing alternative: STEP_LIMIT - 1 alternatives use the whole
+        // budget and are still decided; one more alternative is not.
+        let alternatives = |n: u32| vec!["b"; n as usize].join("|");
+        assert_eq!(full_match(&alternatives(STEP_LIMIT - 1), "a"), Some(false));
+        assert_eq!(full_match(&alternatives(STEP_LIMIT), "a"), None);
     }
 
     #[test]
