@@ -408,6 +408,8 @@ mod tests {
         assert_eq!(full_match(r"[\.]", "a"), Some(false));
         assert_eq!(full_match(r"[]a]+", "]a"), Some(true));
         assert_eq!(full_match(r"[a-a]", "a"), Some(true));
+        assert_eq!(full_match(r"[^a]", "^"), Some(true));
+        assert_eq!(full_match(r"[^]a]", "]"), Some(false));
         // Outside the subset or invalid (RE2 refuses a reversed range).
         assert_eq!(full_match(r"[\b]", "b"), None);
         assert_eq!(full_match(r"[z-a]", "a"), None);
