@@ -589,3 +589,49 @@ fn the_readers_defaults_are_the_documented_ones() {
     assert_eq!((hc.unhealthy_threshold, hc.healthy_threshold), (3, 1));
     assert!(hc.fail_fast);
 }
+
+/// The reader's messages name what was expected and what was found, for
+/// every kind of JSON value.
+#[test]
+fn wrong_types_say_what_was_found() {
+    let problem = |field: &str, value: serde_json::Value| {
+        let mut v = base();
+        v["routes"][0][field] = value;
+        let e = error_of(v);
+        format!("{}: {}", e.path, e.problem)
+    };
+    assert_eq!(
+        problem("prefix", json!(5)),
+        "routes[0].prefix: expected a string, found a number"
+    );
+    assert_eq!(
+        problem("cluster", json!(true)),
+        "routes[0].cluster: expected a string, found a boolean"
+    );
+    assert_eq!(
+        problem("websocket", json!("yes")),
+        "routes[0].websocket: expected true or false, found a string"
+    );
+    assert_eq!(
+        problem("methods", json!(["GET", null])),
+        "routes[0].methods[1]: expected a string, found null"
+    );
+    assert_eq!(
+        problem("methods", json!({"GET": 1})),
+        "routes[0].methods: expected an array of strings, found an object"
+    );
+    assert_eq!(
+        problem("max_connections", json!([1])),
+        "routes[0].max_connections: expected a whole number ≥ 0, found an array"
+    );
+    assert_eq!(
+        problem("max_connections", json!(5_000_000_000u64)),
+        "routes[0].max_connections: 5000000000 is too large"
+    );
+    let e = Policy::from_json(br#"{"routes": [], "direction": "sideways"}"#).unwrap_err();
+    assert_eq!(e.path, "direction");
+    assert_eq!(
+        e.problem,
+        "unknown value `sideways`, expected one of `ingress`, `egress`"
+    );
+}
