@@ -635,3 +635,160 @@ fn wrong_types_say_what_was_found() {
         "unknown value `sideways`, expected one of `ingress`, `egress`"
     );
 }
+
+#[test]
+fn config_error_reads_field_path_then_problem() {
+    assert_eq!(
+        ConfigError::new("routes[0].name", "bad").to_string(),
+        "routes[0].name: bad"
+    );
+    assert_eq!(ConfigError::new("", "not JSON").to_string(), "not JSON");
+}
+
+#[test]
+fn names_are_1_to_64_letters_digits_underscores_and_dashes() {
+    let ok = format!("a_b-{}", "c".repeat(60));
+    assert_eq!(ok.len(), 64);
+    let mut v = base();
+    v["routes"][0]["name"] = json!(ok);
+    v["timeouts"]["classes"] = json!({"std_1-a": "30s"});
+    v["timeouts"]["default_class"] = json!("std_1-a");
+    v["routes"][0]["timeout"] = json!("std_1-a");
+    assert_eq!(compile_value(&v).unwrap().routes[0].name, ok);
+    for bad in [String::new(), "c".repeat(65), "a b".into(), "a.b".into()] {
+        let mut v = base();
+        v["routes"][0]["name"] = json!(bad);
+        assert_eq!(error_of(v).path, "routes[0].name", "{bad:?}");
+    }
+}
+
+#[test]
+fn an_empty_method_list_is_refused() {
+    let mut v = base();
+    v["routes"][0]["methods"] = json!([]);
+    let e = error_of(v);
+    assert_eq!(e.path, "routes[0].methods");
+    assert!(e.problem.contains("empty method list"), "{e}");
+}
+
+#[test]
+fn engine_io_with_one_transport_compiles() {
+    for (list, polling, websocket) in [("websocket", false, true), ("polling", true, false)] {
+        let mut v = base();
+        v["routes"][1]["engine_io"] = json!({"transports": [list]});
+        let policy = compile_value(&v).unwrap();
+        let eio = policy.routes[1].engine_io.as_ref().unwrap();
+        assert_eq!((eio.polling, eio.websocket), (polling, websocket), "{list}");
+    }
+}
+
+#[test]
+fn drain_period_of_exactly_an_hour_or_a_millisecond_is_accepted() {
+    for (text, ms) in [("1h", 3_600_000), ("1ms", 1)] {
+        let mut v = base();
+        v["websocket"] = json!({"drain_period": text});
+        assert_eq!(
+            compile_value(&v).unwrap().drain_period,
+            Millis(ms),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn a_zero_budget_in_a_split_class_is_refused() {
+    for class in [
+        json!({"total": "10s", "response": "0s"}),
+        json!({"total": "0s", "response": "0s"}),
+    ] {
+        let mut v = base();
+        v["timeouts"]["classes"]["upload"] = class;
+        let e = error_of(v);
+        assert_eq!(e.path, "timeouts.classes.upload");
+        assert!(e.problem.contains("greater than zero"), "{e}");
+    }
+}
+
+#[test]
+fn per_user_limit_equal_to_the_instance_limit_is_fine() {
+    let mut v = base();
+    v["websocket"] = json!({"max_connections": 5, "max_connections_per_user": 5, "identity": {"header": "x-user-id"}});
+    let policy = compile_value(&v).unwrap();
+    assert_eq!(policy.websocket.max_connections_per_user, Some(5));
+    assert_eq!(
+        policy.websocket.identity,
+        Some(Identity::Header("x-user-id".into()))
+    );
+}
+
+#[test]
+fn identity_header_must_be_a_lower_case_regular_header() {
+    for bad in ["", ":authority", "X-User-Id", "x user"] {
+        let mut v = base();
+        v["websocket"] = json!({"identity": {"header": bad}});
+        assert_eq!(error_of(v).path, "websocket.identity.header", "{bad:?}");
+    }
+}
+
+#[test]
+fn jwt_identity_needs_a_payload_key_and_a_claim() {
+    for (key, claim) in [("jwt_payload", ""), ("", "sub")] {
+        let mut v = base();
+        v["websocket"] = json!({"identity": {"jwt": {"payload_key": key, "claim": claim}}});
+        assert_eq!(
+            error_of(v).path,
+            "websocket.identity.jwt",
+            "{key:?} {claim:?}"
+        );
+    }
+}
+
+#[test]
+fn health_check_interval_and_timeout_boundaries() {
+    let checks = |interval: &str, timeout: &str| {
+        let mut v = base();
+        v["health_checks"] = json!({"interval": interval, "timeout": timeout});
+        compile_value(&v)
+    };
+    let h = checks("100ms", "100ms").unwrap().health.unwrap();
+    assert_eq!((h.interval, h.timeout), (Millis(100), Millis(100)));
+    assert_eq!(
+        checks("99ms", "50ms").unwrap_err().path,
+        "health_checks.interval"
+    );
+    assert_eq!(
+        checks("10s", "0s").unwrap_err().path,
+        "health_checks.timeout"
+    );
+}
+
+#[test]
+fn routes_are_listed_by_their_class() {
+    let mut v = base();
+    v["timeouts"]["classes"]["long"] = json!("60s");
+    v["routes"][1]["timeout"] = json!("long");
+    v["routes"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "more", "prefix": "/more", "cluster": "c"}));
+    let policy = compile_value(&v).unwrap();
+    let by_class = routes_by_class(&policy);
+    assert_eq!(
+        by_class.into_iter().collect::<Vec<_>>(),
+        vec![
+            ("long", vec!["events"]),
+            ("standard", vec!["courses", "more"])
+        ]
+    );
+}
+
+#[test]
+fn lookups_by_route_id_and_websocket_presence() {
+    let policy = compile_value(&base()).unwrap();
+    assert_eq!(policy.route(1).map(|r| r.name.as_str()), Some("events"));
+    assert!(policy.route(2).is_none());
+    assert!(policy.has_websocket_routes());
+    let mut v = base();
+    v["routes"][1]["websocket"] = json!(false);
+    assert!(!compile_value(&v).unwrap().has_websocket_routes());
+}
