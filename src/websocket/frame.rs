@@ -1041,6 +1041,18 @@ mod tests {
     }
 
     #[test]
+    fn only_text_and_binary_frames_start_a_message() {
+        let mut stream = frame(false, Opcode::Text, b"a", None);
+        stream.extend(frame(true, Opcode::Ping, b"", None));
+        stream.extend(frame(true, Opcode::Continuation, b"b", None));
+        stream.extend(frame(true, Opcode::Binary, b"c", None));
+        stream.extend(frame(true, Opcode::Close, b"", None));
+        let frames = scan_all(&mut server(), &stream).unwrap();
+        let starts: Vec<bool> = frames.iter().map(Frame::starts_message).collect();
+        assert_eq!(starts, [true, false, false, true, false]);
+    }
+
+    #[test]
     fn no_boundary_inside_a_header_nor_after_an_error() {
         let mut scanner = client();
         let bytes = frame(true, Opcode::Text, b"hello", Some(KEY));
