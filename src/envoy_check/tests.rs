@@ -362,6 +362,76 @@ fn edge_guard_is_recognised_by_its_code_file_alone() {
     assert!(check(&envoy, &policy()).findings.is_empty());
 }
 
+/// Another team's wasm filter (fail-open, no vm_id) next to edge-guard.
+fn other_wasm_filter() -> Value {
+    json!({
+        "name": "authz",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "authz",
+                "root_id": "authz",
+                "vm_config": {"runtime": "envoy.wasm.runtime.v8",
+                              "code": {"local": {"filename": "/etc/envoy/authz.wasm"}}},
+                "fail_open": true
+            }
+        }
+    })
+}
+
+#[test]
+fn another_wasm_filter_is_neither_checked_nor_taken_for_edge_guard() {
+    // Before edge-guard: its settings are not edge-guard's business.
+    let mut envoy = good();
+    hcm_of(&mut envoy)["http_filters"] = json!([other_wasm_filter(), wasm_filter(), router()]);
+    let report = check(&envoy, &policy());
+    assert!(report.findings.is_empty(), "{}", report.to_text());
+
+    // Alone: edge-guard is missing.
+    let mut envoy = good();
+    hcm_of(&mut envoy)["http_filters"] = json!([other_wasm_filter(), router()]);
+    let f = only(&check(&envoy, &policy()), "filter_missing");
+    assert_eq!(f.envoy_object.as_deref(), Some("listener \"main\""));
+}
+
+#[test]
+fn embedded_policy_equal_as_json_does_not_differ() {
+    // The same policy, pretty-printed in the Envoy config and compact in
+    // --policy: the same JSON, so not "differs".
+    let mut envoy = good();
+    let pretty = serde_json::to_string_pretty(&policy()).unwrap();
+    wasm_config_of(&mut envoy)["configuration"] =
+        json!({"@type": "type.googleapis.com/google.protobuf.StringValue", "value": pretty});
+    let report = check(&envoy, &policy());
+    assert!(report.findings.is_empty(), "{}", report.to_text());
+    assert_eq!(report.policy_source, "--policy");
+}
+
+#[test]
+fn timeouts_equal_to_the_class_total_are_long_enough() {
+    // The class total is 30s; each Envoy timeout at exactly 30s is "at least"
+    // the total the messages ask for, so nothing is reported.
+    let mut envoy = good();
+    hcm_of(&mut envoy)["stream_idle_timeout"] = json!("30s");
+    hcm_of(&mut envoy)["request_timeout"] = json!("30s");
+    hcm_of(&mut envoy)["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["idle_timeout"] =
+        json!("30s");
+    let mut p = policy();
+    p["websocket"]["idle_timeout"] = json!("30s");
+    let report = check(&envoy, &p);
+    assert!(report.findings.is_empty(), "{}", report.to_text());
+
+    // One millisecond less and each is reported.
+    hcm_of(&mut envoy)["stream_idle_timeout"] = json!("29.999s");
+    hcm_of(&mut envoy)["request_timeout"] = json!("29.999s");
+    hcm_of(&mut envoy)["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["idle_timeout"] =
+        json!("29.999s");
+    let report = check(&envoy, &p);
+    only(&report, "hcm_stream_idle_timeout_short");
+    only(&report, "hcm_request_timeout_short");
+    only(&report, "route_idle_timeout_short");
+}
+
 #[test]
 fn websocket_upgrade_filters_without_edge_guard_bypass_it() {
     let mut envoy = good();
