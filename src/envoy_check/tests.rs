@@ -408,6 +408,27 @@ fn embedded_policy_equal_as_json_does_not_differ() {
 }
 
 #[test]
+fn embedded_policy_that_is_not_json_is_compared_as_text() {
+    // Not JSON: it differs from a JSON --policy...
+    let mut envoy = good();
+    wasm_config_of(&mut envoy)["configuration"] = json!("routes: []");
+    let f = only(&check(&envoy, &policy()), "policy_differs");
+    assert_eq!(f.envoy_object.as_deref(), Some("listener \"main\""));
+    // ...and equals the same text, whitespace around it aside.
+    let options = Options {
+        policy: Some(b"  routes: []\n"),
+        host: None,
+    };
+    let report = validate(&envoy, &options).unwrap();
+    assert!(
+        findings(&report, "policy_differs").is_empty(),
+        "{}",
+        report.to_text()
+    );
+    only(&report, "policy_invalid");
+}
+
+#[test]
 fn timeouts_equal_to_the_class_total_are_long_enough() {
     // The class total is 30s; each Envoy timeout at exactly 30s is "at least"
     // the total the messages ask for, so nothing is reported.
