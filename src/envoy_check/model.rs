@@ -960,6 +960,17 @@ mod tests {
         );
     }
 
+    #[test]
+    fn an_empty_stat_prefix_is_no_stat_prefix() {
+        let routes = routes(json!([
+            {"match": {"prefix": "/a"}, "route": {"cluster": "a"}, "stat_prefix": "courses"},
+            {"match": {"prefix": "/b"}, "route": {"cluster": "b"}, "stat_prefix": ""},
+            {"match": {"prefix": "/c"}, "route": {"cluster": "c"}}
+        ]));
+        let prefixes: Vec<Option<&str>> = routes.iter().map(|r| r.stat_prefix.as_deref()).collect();
+        assert_eq!(prefixes, [Some("courses"), None, None]);
+    }
+
     /// The kinds of the http_filters of a one-HCM bootstrap.
     fn filter_kinds(http_filters: Value) -> Vec<FilterKind> {
         let config = bootstrap(json!([{"filters": [hcm_filter(

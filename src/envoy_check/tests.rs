@@ -928,6 +928,60 @@ mod yaml_fixtures {
         );
     }
 
+    /// `--write-ecds` writes the ECDS resource delivering the checked policy
+    /// (whole, by rename) when there is no error, and leaves the file alone
+    /// when there is one.
+    #[test]
+    fn write_ecds_writes_the_resource_only_for_a_policy_without_errors() {
+        let envoy = repo_path("envoy/envoy.yaml").display().to_string();
+        let policy = repo_path("envoy/policy.json").display().to_string();
+        let doc = parse_envoy(&std::fs::read_to_string(&envoy).unwrap()).unwrap();
+        let policy_text = std::fs::read_to_string(&policy).unwrap();
+        let expected = crate::envoy_check::reload::ecds_resource(&doc, &policy_text).unwrap();
+        let dir = std::env::temp_dir().join(format!("eg-write-ecds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("edge_guard.json");
+        let target_s = target.display().to_string();
+        let bad = dir.join("bad.json");
+        std::fs::write(&bad, r#"{"routes": "none"}"#).unwrap();
+
+        let good = run_with(&[
+            "--envoy",
+            &envoy,
+            "--policy",
+            &policy,
+            "--write-ecds",
+            &target_s,
+        ]);
+        let written = std::fs::read_to_string(&target).unwrap_or_default();
+        let leftovers = std::fs::read_dir(&dir).unwrap().count();
+        let refused = run_with(&[
+            "--envoy",
+            &envoy,
+            "--policy",
+            &bad.display().to_string(),
+            "--write-ecds",
+            &target_s,
+        ]);
+        let kept = std::fs::read_to_string(&target).unwrap_or_default();
+        let _ = std::fs::remove_dir_all(&dir);
+
+        assert_eq!(good.code, 0, "{}{}", good.stdout, good.stderr);
+        assert_eq!(good.stderr, format!("wrote {target_s}\n"));
+        assert_eq!(serde_json::from_str::<Value>(&written).unwrap(), expected);
+        assert!(written.ends_with('\n'));
+        assert_eq!(
+            leftovers, 2,
+            "only bad.json and the resource, no temporary file"
+        );
+        assert_eq!(refused.code, 1, "{}", refused.stdout);
+        assert_eq!(
+            refused.stderr,
+            format!("not written: {target_s} (the policy has errors; the running one stays)\n")
+        );
+        assert_eq!(kept, written);
+    }
+
     fn ids_of(envoy: &str, extra: &[&str]) -> (u8, String) {
         let envoy = fixture(envoy);
         let policy = fixture("policy.json");
