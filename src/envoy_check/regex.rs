@@ -392,6 +392,7 @@ mod tests {
         assert_eq!(full_match("[a-c_]+", "abd"), Some(false));
         assert_eq!(full_match("[^a-c]", "d"), Some(true));
         assert_eq!(full_match("[^a-c]", "b"), Some(false));
+        assert_eq!(full_match("[^a-c]", "^"), Some(true));
         // Shorthands inside a class.
         assert_eq!(full_match(r"[\d.]+", "1.25"), Some(true));
         assert_eq!(full_match(r"[\d.]+", "1,25"), Some(false));
