@@ -320,7 +320,7 @@ fn accepts(node: &Node, c: char) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{full_match, STEP_LIMIT};
 
     #[test]
     fn literal_and_escapes() {
@@ -356,6 +356,10 @@ mod tests {
     fn nested_empty_repetition_terminates() {
         assert_eq!(full_match("(a*)*b", "aaab"), Some(true));
         assert_eq!(full_match("(a*)*b", "aaac"), Some(false));
+        // Refusing empty iterations past the minimum also keeps nested stars
+        // cheap: allowing one more at the minimum multiplies the work at
+        // every level (this one would pass 200,000 steps).
+        assert_eq!(full_match("(((a*)*)*)*b", "aaa"), Some(false));
     }
 
     #[test]
@@ -368,124 +372,106 @@ mod tests {
     }
 
     #[test]
-    fn shorthand_classes_and_their_negations() {
-        for (re, yes, no) in [
-            (r"\d", "7", "a"),
-            (r"\D", "a", "7"),
-            (r"\w", "_", "-"),
-            (r"\w", "Z", "/"),
-            (r"\W", "-", "q"),
-            (r"\s", "\t", "x"),
-            (r"\S", "x", " "),
-        ] {
-            assert_eq!(full_match(re, yes), Some(true), "{re} on {yes:?}");
-            assert_eq!(full_match(re, no), Some(false), "{re} on {no:?}");
-        }
-        // A letter escape outside the subset is refused, not read as the letter.
-        assert_eq!(full_match(r"\q", "q"), None);
-        assert_eq!(full_match(r"/a\", "/a"), None);
+    fn a_match_decided_within_exactly_the_step_limit_counts() {
+        // `b|…|b|a` against "a" takes one step for the root, one per failing
+        // `b` and three for the `a` that matches (its character, the end of
+        // its alternative, the end of the pattern): with STEP_LIMIT - 4 `b`s
+        // the match is found on the last step of the budget; one more `b`
+        // is one step too many.
+        let pattern = |bs: u32| format!("{}a", "b|".repeat(bs as usize));
+        assert_eq!(full_match(&pattern(STEP_LIMIT - 4), "a"), Some(true));
+        assert_eq!(full_match(&pattern(STEP_LIMIT - 3), "a"), None);
     }
 
     #[test]
-    fn classes_with_ranges_escapes_and_literal_brackets() {
-        assert_eq!(full_match("[a-c_]+", "abc_b"), Some(true));
-        assert_eq!(full_match("[a-c_]+", "abd"), Some(false));
-        assert_eq!(full_match("[^a-c]", "d"), Some(true));
-        assert_eq!(full_match("[^a-c]", "b"), Some(false));
-        assert_eq!(full_match("[^a-c]", "^"), Some(true));
-        // Shorthands inside a class.
-        assert_eq!(full_match(r"[\d.]+", "1.25"), Some(true));
-        assert_eq!(full_match(r"[\d.]+", "1,25"), Some(false));
-        assert_eq!(full_match(r"[\w-]+", "a_b-c9"), Some(true));
-        assert_eq!(full_match(r"[\w-]+", "a/b"), Some(false));
-        assert_eq!(full_match(r"[\s,]+", " ,\t"), Some(true));
-        assert_eq!(full_match(r"[\s,]+", " ;"), Some(false));
-        // Escaped punctuation, as a bound of a range too.
-        assert_eq!(full_match(r"[\]\-]+", "]-]"), Some(true));
-        assert_eq!(full_match(r"[!-\/]+", "!/+"), Some(true));
-        assert_eq!(full_match(r"[!-\/]+", "0"), Some(false));
-        // `]` first is a literal; `-` last is a literal.
-        assert_eq!(full_match("[]a]+", "]a]"), Some(true));
-        assert_eq!(full_match("[a-]+", "a-"), Some(true));
-        assert_eq!(full_match("[a-]+", "b"), Some(false));
-        // Outside the subset: POSIX classes, backwards ranges, letter escapes,
-        // an unterminated class.
-        assert_eq!(full_match("[[:alpha:]]", "a"), None);
-        assert_eq!(full_match("[z-a]", "a"), None);
+    fn shorthand_classes_and_their_negations() {
+        assert_eq!(full_match(r"\d\D", "1a"), Some(true));
+        assert_eq!(full_match(r"\d\D", "12"), Some(false));
+        assert_eq!(full_match(r"\w+", "Az_09"), Some(true));
+        assert_eq!(full_match(r"\w", "-"), Some(false));
+        assert_eq!(full_match(r"\W", "-"), Some(true));
+        assert_eq!(full_match(r"\W", "a"), Some(false));
+        assert_eq!(full_match(r"\s+", " \t\n\r"), Some(true));
+        assert_eq!(full_match(r"\s", "a"), Some(false));
+        assert_eq!(full_match(r"\S", "a"), Some(true));
+        assert_eq!(full_match(r"\S", " "), Some(false));
+    }
+
+    #[test]
+    fn classes_with_several_items_ranges_and_escapes() {
+        assert_eq!(full_match(r"[a-z_-]+", "snake_case-x"), Some(true));
+        assert_eq!(full_match(r"[a-z_-]+", "Upper"), Some(false));
+        assert_eq!(full_match(r"[\d.]+", "1.2"), Some(true));
+        assert_eq!(full_match(r"[\w]+", "a_1"), Some(true));
+        assert_eq!(full_match(r"[\s]", "\t"), Some(true));
+        assert_eq!(full_match(r"[\.\-]+", ".-"), Some(true));
+        assert_eq!(full_match(r"[\.]", "a"), Some(false));
+        assert_eq!(full_match(r"[]a]+", "]a"), Some(true));
+        assert_eq!(full_match(r"[a-a]", "a"), Some(true));
+        assert_eq!(full_match(r"[^a]", "^"), Some(true));
+        assert_eq!(full_match(r"[^]a]", "]"), Some(false));
+        // Outside the subset or invalid (RE2 refuses a reversed range).
+        assert_eq!(full_match(r"[\b]", "b"), None);
+        assert_eq!(full_match(r"[z-a]", "a"), None);
+        assert_eq!(full_match(r"[[:alpha:]]", "a"), None);
+    }
+
+    #[test]
+    fn counted_repetitions() {
+        assert_eq!(full_match(r"\d{2}", "12"), Some(true));
+        assert_eq!(full_match(r"\d{2}", "123"), Some(false));
+        assert_eq!(full_match(r"\d{2,}", "12345"), Some(true));
+        assert_eq!(full_match(r"\d{2,}", "1"), Some(false));
+        assert_eq!(full_match(r"\d{2,2}", "12"), Some(true));
+        assert_eq!(full_match(r"\d{3,2}", "12"), None);
+        // RE2's largest repeat count is 1000.
+        assert_eq!(full_match(r"a{0,1000}", "a"), Some(true));
+        assert_eq!(full_match(r"a{0,1001}", "a"), None);
+        // Empty iterations count towards the minimum.
+        assert_eq!(full_match(r"(a?){3}", "a"), Some(true));
+    }
+
+    #[test]
+    fn anchors_match_only_at_the_ends() {
+        assert_eq!(full_match(r"/a$/b", "/a/b"), Some(false));
+        assert_eq!(full_match(r"/a^/b", "/a/b"), Some(false));
+        assert_eq!(full_match(r"(/a|/b$)", "/b"), Some(true));
+    }
+
+    #[test]
+    fn malformed_parts_and_escapes_outside_the_subset_are_refused() {
+        // Letter escapes (alone, in a class, as a range bound), a trailing
+        // backslash, an unterminated class.
+        assert_eq!(full_match(r"\q", "q"), None);
+        assert_eq!(full_match(r"/a\", "/a"), None);
         assert_eq!(full_match(r"[\q]", "q"), None);
         assert_eq!(full_match(r"[a-\q]", "a"), None);
         assert_eq!(full_match("[ab", "a"), None);
-    }
-
-    #[test]
-    fn counted_repetition() {
-        assert_eq!(full_match("a{2}", "aa"), Some(true));
-        assert_eq!(full_match("a{2}", "a"), Some(false));
-        assert_eq!(full_match("a{2}", "aaa"), Some(false));
-        assert_eq!(full_match("a{2,}", "aaaaa"), Some(true));
-        assert_eq!(full_match("a{2,}", "a"), Some(false));
-        assert_eq!(full_match("a{1,3}", "aaa"), Some(true));
-        assert_eq!(full_match("a{1,3}", "aaaa"), Some(false));
-        assert_eq!(full_match("a{0,1}b", "b"), Some(true));
-        assert_eq!(full_match("a{2,3}?", "aa"), Some(true));
-        assert_eq!(full_match("a+?", "aaa"), Some(true));
-        assert_eq!(full_match("a??b", "ab"), Some(true));
-        assert_eq!(full_match("a{1000}", &"a".repeat(1000)), Some(true));
-        // Malformed or too large counts are refused.
-        assert_eq!(full_match("a{3,2}", "aa"), None);
-        assert_eq!(full_match("a{1001}", "a"), None);
+        // Malformed counts.
         assert_eq!(full_match("a{,2}", "a"), None);
         assert_eq!(full_match("a{2x}", "aa"), None);
         assert_eq!(full_match("a{2,3x", "aa"), None);
         assert_eq!(full_match("a{2", "aa"), None);
-    }
-
-    #[test]
-    fn anchors_dot_and_groups() {
-        assert_eq!(full_match("^/a$", "/a"), Some(true));
-        // An anchor in the middle can only match at its end of the text.
-        assert_eq!(full_match("/a^b", "/ab"), Some(false));
-        assert_eq!(full_match("/a$b", "/ab"), Some(false));
-        assert_eq!(full_match("(^/a|/b)", "/a"), Some(true));
-        assert_eq!(full_match("/x(/a$|/b)", "/x/a"), Some(true));
-        // `.` is any character but a newline.
-        assert_eq!(full_match("a.c", "a/c"), Some(true));
-        assert_eq!(full_match("a.c", "a\nc"), Some(false));
-        assert_eq!(full_match("(?:ab|cd)", "cd"), Some(true));
-        assert_eq!(full_match("(?:ab|cd)", "ad"), Some(false));
+        // Lookarounds, unbalanced parentheses, a quantifier with no atom.
         assert_eq!(full_match("(?=ab)", "ab"), None);
         assert_eq!(full_match("(ab", "ab"), None);
         assert_eq!(full_match("ab)", "ab"), None);
         assert_eq!(full_match("a|+", "a"), None);
     }
 
-    /// Steps `full_match` takes for `pattern` on `text`.
-    fn steps(pattern: &str, text: &str) -> u32 {
-        let mut parser = Parser {
-            chars: pattern.chars().collect(),
-            pos: 0,
-        };
-        let root = vec![Node::Group(parser.alternatives().unwrap())];
-        let text: Vec<char> = text.chars().collect();
-        let matcher = Matcher {
-            text: &text,
-            steps: Cell::new(0),
-        };
-        matcher.run(&root, 0, &mut |end| end == text.len());
-        matcher.steps.get()
-    }
-
     #[test]
-    fn a_match_decided_in_exactly_the_step_limit_is_an_answer() {
-        // Top-level alternatives are tried in order, one step each: with the
-        // matching one last, the match takes 4 + (failing alternatives) steps.
-        let pattern = |failing: u32| format!("{}b", "c|".repeat(failing as usize));
-        let at_limit = pattern(STEP_LIMIT - 4);
-        assert_eq!(steps(&at_limit, "b"), STEP_LIMIT);
-        assert_eq!(full_match(&at_limit, "b"), Some(true));
-        let over = pattern(STEP_LIMIT - 3);
-        assert_eq!(steps(&over, "b"), STEP_LIMIT + 1);
-        assert_eq!(full_match(&over, "b"), None);
+    fn lazy_quantifiers_escaped_range_bounds_a_trailing_dash_and_dot() {
+        assert_eq!(full_match("a{2,3}?", "aa"), Some(true));
+        assert_eq!(full_match("a+?", "aaa"), Some(true));
+        assert_eq!(full_match("a??b", "ab"), Some(true));
+        assert_eq!(full_match("a{1,3}", "aaaa"), Some(false));
+        assert_eq!(full_match(r"[!-\/]+", "!/+"), Some(true));
+        assert_eq!(full_match(r"[!-\/]+", "0"), Some(false));
+        assert_eq!(full_match("[a-]+", "a-"), Some(true));
+        assert_eq!(full_match("[a-]+", "b"), Some(false));
+        // `.` is any character but a newline.
+        assert_eq!(full_match("a.c", "a/c"), Some(true));
+        assert_eq!(full_match("a.c", "a\nc"), Some(false));
     }
 
     #[test]
