@@ -242,7 +242,7 @@ impl EdgeGuardHttp {
     }
 
     fn finish(&mut self) {
-        if self.watched.take().is_some() {
+        if self.watched.take().is_some() && !super::fault::skips_release(self.id) {
             self.worker.finish(self.id);
         }
     }
@@ -275,7 +275,7 @@ impl Drop for EdgeGuardHttp {
 
 impl HttpContext for EdgeGuardHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        super::fault::on_request_headers();
+        super::fault::on_request_headers(self.id);
         let mut head = host::request_head();
         // Kept for every reply this stream may get, now or later: request
         // headers are out of reach after this callback.

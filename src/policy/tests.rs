@@ -514,6 +514,128 @@ fn drain_period_must_be_positive_and_at_most_an_hour() {
     }
 }
 
+/// Stage one alone: every default of README's policy table, read from a
+/// policy that gives none of the optional fields (and each optional object
+/// empty).
+#[test]
+fn the_readers_defaults_are_the_documented_ones() {
+    use config::{IdentityConfig, TimeoutClassConfig};
+    let minimal = json!({"routes": [{"name": "a", "prefix": "/", "cluster": "c"}]});
+    let c = PolicyConfig::from_value(&minimal).unwrap();
+    assert_eq!(c.direction, Direction::Ingress);
+    assert_eq!(c.direction.as_str(), "ingress");
+    assert_eq!(Direction::Egress.as_str(), "egress");
+    assert_eq!(c.unknown_route, UnknownRoute::Reject);
+    assert_eq!(c.routing.on_mismatch, OnMismatch::Log);
+    assert!(!c.metrics.request_duration);
+    assert!(c.websocket.is_none() && c.health_checks.is_none());
+    let classes: Vec<(&str, Millis)> = c
+        .timeouts
+        .classes
+        .iter()
+        .map(|(name, class)| match class {
+            TimeoutClassConfig::Single(ms) => (name.as_str(), *ms),
+            TimeoutClassConfig::Split(s) => panic!("{name}: {:?}/{:?}", s.total, s.response),
+        })
+        .collect();
+    assert_eq!(classes, vec![("standard", Millis(30_000))]);
+    assert_eq!(c.timeouts.default_class, "standard");
+    assert_eq!(c.timeouts.load_balancer_idle_timeout, None);
+    assert_eq!(c.timeouts.load_balancer_margin, Millis(5_000));
+    assert_eq!(c.status.path, "/.edge-guard/status");
+    assert_eq!(c.status.allow_cidrs, ["127.0.0.0/8", "::1/128"]);
+    assert_eq!(c.health.path, "/.edge-guard/health");
+    assert_eq!(c.health.allow_cidrs, ["0.0.0.0/0", "::/0"]);
+    let route = &c.routes[0];
+    assert!(!route.websocket);
+    assert!(route.methods.is_none() && route.timeout.is_none() && route.engine_io.is_none());
+
+    // The same defaults when each object is there but empty.
+    let empty = json!({
+        "routes": [{"name": "a", "prefix": "/", "cluster": "c", "websocket": true, "engine_io": {}}],
+        "timeouts": {}, "status": {}, "health": {}, "routing": {}, "metrics": {},
+        "websocket": {"identity": {"jwt": {"payload_key": "payload", "claim": "sub"}}},
+        "health_checks": {}
+    });
+    let c = PolicyConfig::from_value(&empty).unwrap();
+    assert_eq!(c.timeouts.classes.keys().collect::<Vec<_>>(), ["standard"]);
+    assert_eq!(c.timeouts.default_class, "standard");
+    assert_eq!(c.timeouts.load_balancer_margin, Millis(5_000));
+    assert_eq!(c.status.path, "/.edge-guard/status");
+    assert_eq!(c.status.allow_cidrs, ["127.0.0.0/8", "::1/128"]);
+    assert_eq!(c.health.path, "/.edge-guard/health");
+    assert_eq!(c.health.allow_cidrs, ["0.0.0.0/0", "::/0"]);
+    assert_eq!(c.routing.on_mismatch, OnMismatch::Log);
+    assert!(!c.metrics.request_duration);
+    let engine_io = c.routes[0].engine_io.as_ref().unwrap();
+    assert_eq!(engine_io.ping_interval, Millis(25_000));
+    assert_eq!(engine_io.ping_timeout, Millis(20_000));
+    assert_eq!(engine_io.transports, ["websocket", "polling"]);
+    let ws = c.websocket.as_ref().unwrap();
+    assert!(!ws.require_identity);
+    assert_eq!(ws.drain_period, None);
+    match &ws.identity {
+        Some(IdentityConfig::Jwt(jwt)) => {
+            assert_eq!(jwt.payload_key, "payload");
+            assert_eq!(jwt.claim, "sub");
+            assert_eq!(jwt.metadata_namespace, "envoy.filters.http.jwt_authn");
+        }
+        other => panic!("{other:?}"),
+    }
+    let hc = c.health_checks.as_ref().unwrap();
+    assert_eq!(hc.interval, Millis(10_000));
+    assert_eq!(hc.timeout, Millis(2_000));
+    assert_eq!(hc.path, "/health");
+    assert_eq!((hc.unhealthy_threshold, hc.healthy_threshold), (3, 1));
+    assert!(hc.fail_fast);
+}
+
+/// The reader's messages name what was expected and what was found, for
+/// every kind of JSON value.
+#[test]
+fn wrong_types_say_what_was_found() {
+    let problem = |field: &str, value: serde_json::Value| {
+        let mut v = base();
+        v["routes"][0][field] = value;
+        let e = error_of(v);
+        format!("{}: {}", e.path, e.problem)
+    };
+    assert_eq!(
+        problem("prefix", json!(5)),
+        "routes[0].prefix: expected a string, found a number"
+    );
+    assert_eq!(
+        problem("cluster", json!(true)),
+        "routes[0].cluster: expected a string, found a boolean"
+    );
+    assert_eq!(
+        problem("websocket", json!("yes")),
+        "routes[0].websocket: expected true or false, found a string"
+    );
+    assert_eq!(
+        problem("methods", json!(["GET", null])),
+        "routes[0].methods[1]: expected a string, found null"
+    );
+    assert_eq!(
+        problem("methods", json!({"GET": 1})),
+        "routes[0].methods: expected an array of strings, found an object"
+    );
+    assert_eq!(
+        problem("max_connections", json!([1])),
+        "routes[0].max_connections: expected a whole number ≥ 0, found an array"
+    );
+    assert_eq!(
+        problem("max_connections", json!(5_000_000_000u64)),
+        "routes[0].max_connections: 5000000000 is too large"
+    );
+    let e = Policy::from_json(br#"{"routes": [], "direction": "sideways"}"#).unwrap_err();
+    assert_eq!(e.path, "direction");
+    assert_eq!(
+        e.problem,
+        "unknown value `sideways`, expected one of `ingress`, `egress`"
+    );
+}
+
 #[test]
 fn config_error_reads_field_path_then_problem() {
     assert_eq!(
