@@ -11,7 +11,7 @@
 //! not already lower case. Never touches the host; never decides what to
 //! answer.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 
 use crate::policy::Direction;
 use crate::reply::ErrorCode;

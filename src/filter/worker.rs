@@ -8,8 +8,10 @@
 
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::rc::Rc;
+
+use hashbrown::HashMap;
 
 use crate::deadline::{Deadline, DeadlineHit, Phase};
 use crate::drain::{self, DrainState};
