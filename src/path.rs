@@ -251,6 +251,15 @@ mod tests {
     }
 
     #[test]
+    fn checking_goes_on_right_after_a_percent_encoding() {
+        assert_eq!(check("/a%20/../x"), Err(PathProblem::DotSegment));
+        assert_eq!(check("/a%20b/c%20//x"), Err(PathProblem::EmptySegment));
+        assert_eq!(check("/%20%20;x"), Err(PathProblem::PathParameter));
+        assert_eq!(check("/a%7F"), Err(PathProblem::EncodedDelimiter(0x7f)));
+        assert_eq!(check("/a%1F"), Err(PathProblem::EncodedDelimiter(0x1f)));
+    }
+
+    #[test]
     fn raw_bytes_outside_the_path_grammar_are_refused() {
         assert_eq!(check(""), Err(PathProblem::NotAbsolute));
         assert_eq!(check("*"), Err(PathProblem::NotAbsolute));

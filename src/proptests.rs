@@ -201,8 +201,18 @@ fn prefixes() -> impl Strategy<Value = Vec<String>> {
 
 // ---- properties -----------------------------------------------------------------------
 
+/// 2,000 cases per property; `EDGE_GUARD_PROPTEST_CASES` lowers it for
+/// `./build.sh mutants`, which runs the whole suite once per mutant (the
+/// mutation report says how many it used).
+fn cases() -> u32 {
+    std::env::var("EDGE_GUARD_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     #[test]
     fn path_check_never_panics_on_any_text(s in ".*") {

@@ -352,6 +352,15 @@ mod tests {
             "shared data cas mismatch"
         );
     }
+
+    #[test]
+    fn debug_shows_the_size_not_the_contents() {
+        let store = MemoryStore::new();
+        store.set("k", b"secret", 0).unwrap();
+        store.set("k", b"secret", 0).unwrap();
+        let debug = format!("{store:?}");
+        assert_eq!(debug, "MemoryStore { entries: 1, writes: 2 }");
+    }
 }
 
 #[cfg(test)]

@@ -467,4 +467,29 @@ mod tests {
         assert!(!insert(&store, &session(&long, None, 1)).unwrap());
         assert!(!insert(&store, &session("", None, 1)).unwrap());
     }
+
+    #[test]
+    fn fields_of_exactly_255_bytes_are_recorded_and_read_back() {
+        let store = store();
+        let sid = "s".repeat(255);
+        let mut s = session(&sid, Some("alice"), 7);
+        s.route = "r".repeat(255);
+        assert!(insert(&store, &s).unwrap());
+        assert_eq!(remove(&store, &sid).unwrap(), Some(s));
+        let mut too_long = session("abc", None, 7);
+        too_long.route = "r".repeat(256);
+        assert!(!insert(&store, &too_long).unwrap());
+        assert_eq!(count(&store).unwrap(), 0);
+    }
+
+    #[test]
+    fn the_shard_is_fnv1a_32_of_the_sid_mod_64() {
+        // Part of the shared-data format: two filter builds sharing a vm_id (an
+        // update) must agree on where a session lives. FNV-1a 32 reference values:
+        // "a" = 0xe40c292c, "foobar" = 0xbf9cf968.
+        assert_eq!(shard_of(""), 0x811c_9dc5 % N_SHARDS);
+        assert_eq!(shard_of("a"), 0xe40c_292c % N_SHARDS);
+        assert_eq!(shard_of("foobar"), 0xbf9c_f968 % N_SHARDS);
+        assert_eq!(shard_key(shard_of("a")), "eg.eio.sess.44");
+    }
 }

@@ -320,7 +320,7 @@ fn accepts(node: &Node, c: char) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::full_match;
+    use super::{full_match, STEP_LIMIT};
 
     #[test]
     fn literal_and_escapes() {
@@ -356,6 +356,10 @@ mod tests {
     fn nested_empty_repetition_terminates() {
         assert_eq!(full_match("(a*)*b", "aaab"), Some(true));
         assert_eq!(full_match("(a*)*b", "aaac"), Some(false));
+        // Refusing empty iterations past the minimum also keeps nested stars
+        // cheap: allowing one more at the minimum multiplies the work at
+        // every level (this one would pass 200,000 steps).
+        assert_eq!(full_match("(((a*)*)*)*b", "aaa"), Some(false));
     }
 
     #[test]
@@ -365,6 +369,73 @@ mod tests {
         assert_eq!(full_match(r"(?P<v>\d+)", "1"), None);
         assert_eq!(full_match(r"/api(", "/api"), None);
         assert_eq!(full_match(r"*", "x"), None);
+    }
+
+    #[test]
+    fn a_match_decided_within_exactly_the_step_limit_counts() {
+        // `b|…|b|a` against "a" takes one step for the root, one per failing
+        // `b` and three for the `a` that matches (its character, the end of
+        // its alternative, the end of the pattern): with STEP_LIMIT - 4 `b`s
+        // the match is found on the last step of the budget; one more `b`
+        // is one step too many.
+        let pattern = |bs: u32| format!("{}a", "b|".repeat(bs as usize));
+        assert_eq!(full_match(&pattern(STEP_LIMIT - 4), "a"), Some(true));
+        assert_eq!(full_match(&pattern(STEP_LIMIT - 3), "a"), None);
+    }
+
+    #[test]
+    fn shorthand_classes_and_their_negations() {
+        assert_eq!(full_match(r"\d\D", "1a"), Some(true));
+        assert_eq!(full_match(r"\d\D", "12"), Some(false));
+        assert_eq!(full_match(r"\w+", "Az_09"), Some(true));
+        assert_eq!(full_match(r"\w", "-"), Some(false));
+        assert_eq!(full_match(r"\W", "-"), Some(true));
+        assert_eq!(full_match(r"\W", "a"), Some(false));
+        assert_eq!(full_match(r"\s+", " \t\n\r"), Some(true));
+        assert_eq!(full_match(r"\s", "a"), Some(false));
+        assert_eq!(full_match(r"\S", "a"), Some(true));
+        assert_eq!(full_match(r"\S", " "), Some(false));
+    }
+
+    #[test]
+    fn classes_with_several_items_ranges_and_escapes() {
+        assert_eq!(full_match(r"[a-z_-]+", "snake_case-x"), Some(true));
+        assert_eq!(full_match(r"[a-z_-]+", "Upper"), Some(false));
+        assert_eq!(full_match(r"[\d.]+", "1.2"), Some(true));
+        assert_eq!(full_match(r"[\w]+", "a_1"), Some(true));
+        assert_eq!(full_match(r"[\s]", "\t"), Some(true));
+        assert_eq!(full_match(r"[\.\-]+", ".-"), Some(true));
+        assert_eq!(full_match(r"[\.]", "a"), Some(false));
+        assert_eq!(full_match(r"[]a]+", "]a"), Some(true));
+        assert_eq!(full_match(r"[a-a]", "a"), Some(true));
+        assert_eq!(full_match(r"[^a]", "^"), Some(true));
+        assert_eq!(full_match(r"[^]a]", "]"), Some(false));
+        // Outside the subset or invalid (RE2 refuses a reversed range).
+        assert_eq!(full_match(r"[\b]", "b"), None);
+        assert_eq!(full_match(r"[z-a]", "a"), None);
+        assert_eq!(full_match(r"[[:alpha:]]", "a"), None);
+    }
+
+    #[test]
+    fn counted_repetitions() {
+        assert_eq!(full_match(r"\d{2}", "12"), Some(true));
+        assert_eq!(full_match(r"\d{2}", "123"), Some(false));
+        assert_eq!(full_match(r"\d{2,}", "12345"), Some(true));
+        assert_eq!(full_match(r"\d{2,}", "1"), Some(false));
+        assert_eq!(full_match(r"\d{2,2}", "12"), Some(true));
+        assert_eq!(full_match(r"\d{3,2}", "12"), None);
+        // RE2's largest repeat count is 1000.
+        assert_eq!(full_match(r"a{0,1000}", "a"), Some(true));
+        assert_eq!(full_match(r"a{0,1001}", "a"), None);
+        // Empty iterations count towards the minimum.
+        assert_eq!(full_match(r"(a?){3}", "a"), Some(true));
+    }
+
+    #[test]
+    fn anchors_match_only_at_the_ends() {
+        assert_eq!(full_match(r"/a$/b", "/a/b"), Some(false));
+        assert_eq!(full_match(r"/a^/b", "/a/b"), Some(false));
+        assert_eq!(full_match(r"(/a|/b$)", "/b"), Some(true));
     }
 
     #[test]

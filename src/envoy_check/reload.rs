@@ -245,6 +245,71 @@ mod tests {
         assert!(finding.is_some_and(|f| f.message.contains("edge_guard_live")));
     }
 
+    #[test]
+    fn only_edge_guard_wasm_filters_count_for_the_vm_id() {
+        let mut envoy = bootstrap("edge_guard");
+        let filters = envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"]["http_filters"]
+            .as_array_mut()
+            .unwrap();
+        // Another team's Wasm filter before edge-guard, and edge-guard twice.
+        let other = json!({"name": "envoy.filters.http.wasm", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {"name": "authz", "root_id": "authz",
+                       "vm_config": {"vm_id": "authz", "code": {"local": {"filename": "authz.wasm"}}}}}});
+        let twice = filters[0].clone();
+        filters.insert(0, other);
+        filters.insert(1, twice);
+        let ids = edge_guard_vm_ids(&EnvoyConfig::from_value(&envoy).unwrap());
+        assert_eq!(ids, vec!["edge_guard".to_string()]);
+    }
+
+    /// An HTTP filter delivered through ECDS, its default_config as given.
+    fn discovered(name: &str, default_config: Value) -> Value {
+        json!({"name": name, "config_discovery": {
+            "config_source": {"path_config_source": {"path": "x.json"}},
+            "default_config": default_config}})
+    }
+
+    fn wasm(config: Value) -> Value {
+        json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+               "config": config})
+    }
+
+    #[test]
+    fn the_ecds_filter_is_edge_guards_wasm_named_by_name_or_root_id() {
+        let policy = json!({"@type": "type.googleapis.com/google.protobuf.StringValue", "value": "{\"p\": 1}"});
+        let doc = |filters: Vec<Value>| json!({"http_filters": filters});
+        // Another team's Wasm filter and a non-Wasm filter named edge_guard
+        // come first; neither is taken.
+        let other_wasm = discovered(
+            "authz",
+            wasm(json!({"name": "authz", "root_id": "authz", "configuration": "{\"no\": 1}"})),
+        );
+        let not_wasm = discovered(
+            "lua",
+            json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                   "config": {"name": "edge_guard", "root_id": "edge_guard", "configuration": "{\"no\": 2}"}}),
+        );
+        let by_root_id = discovered(
+            "eg",
+            wasm(json!({"root_id": "edge_guard", "configuration": policy})),
+        );
+        let envoy = doc(vec![other_wasm.clone(), not_wasm.clone(), by_root_id]);
+        assert_eq!(ecds_default_policy(&envoy).as_deref(), Some("{\"p\": 1}"));
+        assert_eq!(
+            ecds_resource(&envoy, "{}").unwrap()["resources"][0]["name"],
+            "eg"
+        );
+        let by_name = discovered(
+            "eg2",
+            wasm(json!({"name": "edge_guard", "configuration": "{\"q\": 2}"})),
+        );
+        let envoy = doc(vec![other_wasm.clone(), not_wasm.clone(), by_name]);
+        assert_eq!(ecds_default_policy(&envoy).as_deref(), Some("{\"q\": 2}"));
+        assert_eq!(ecds_default_policy(&doc(vec![other_wasm, not_wasm])), None);
+    }
+
     /// envoy/ecds/edge_guard.json is what `./build.sh reload` writes from
     /// envoy/policy.json for envoy/envoy.yaml: the shipped one is current.
     #[test]

@@ -116,7 +116,7 @@ pub fn send_reply(reply: &LocalReply) {
 }
 
 pub fn body_bytes(buffer: BufferType, start: usize, len: usize) -> Option<Vec<u8>> {
-    hostcalls::get_buffer(buffer, start, len).ok().flatten()
+    super::fault::body_bytes(hostcalls::get_buffer(buffer, start, len).ok().flatten())
 }
 
 pub fn replace_body(buffer: BufferType, start: usize, len: usize, value: &[u8]) {

@@ -513,3 +513,282 @@ fn drain_period_must_be_positive_and_at_most_an_hour() {
         assert!(e.problem.contains("default 30s"), "{e}");
     }
 }
+
+/// Stage one alone: every default of README's policy table, read from a
+/// policy that gives none of the optional fields (and each optional object
+/// empty).
+#[test]
+fn the_readers_defaults_are_the_documented_ones() {
+    use config::{IdentityConfig, TimeoutClassConfig};
+    let minimal = json!({"routes": [{"name": "a", "prefix": "/", "cluster": "c"}]});
+    let c = PolicyConfig::from_value(&minimal).unwrap();
+    assert_eq!(c.direction, Direction::Ingress);
+    assert_eq!(c.direction.as_str(), "ingress");
+    assert_eq!(Direction::Egress.as_str(), "egress");
+    assert_eq!(c.unknown_route, UnknownRoute::Reject);
+    assert_eq!(c.routing.on_mismatch, OnMismatch::Log);
+    assert!(!c.metrics.request_duration);
+    assert!(c.websocket.is_none() && c.health_checks.is_none());
+    let classes: Vec<(&str, Millis)> = c
+        .timeouts
+        .classes
+        .iter()
+        .map(|(name, class)| match class {
+            TimeoutClassConfig::Single(ms) => (name.as_str(), *ms),
+            TimeoutClassConfig::Split(s) => panic!("{name}: {:?}/{:?}", s.total, s.response),
+        })
+        .collect();
+    assert_eq!(classes, vec![("standard", Millis(30_000))]);
+    assert_eq!(c.timeouts.default_class, "standard");
+    assert_eq!(c.timeouts.load_balancer_idle_timeout, None);
+    assert_eq!(c.timeouts.load_balancer_margin, Millis(5_000));
+    assert_eq!(c.status.path, "/.edge-guard/status");
+    assert_eq!(c.status.allow_cidrs, ["127.0.0.0/8", "::1/128"]);
+    assert_eq!(c.health.path, "/.edge-guard/health");
+    assert_eq!(c.health.allow_cidrs, ["0.0.0.0/0", "::/0"]);
+    let route = &c.routes[0];
+    assert!(!route.websocket);
+    assert!(route.methods.is_none() && route.timeout.is_none() && route.engine_io.is_none());
+
+    // The same defaults when each object is there but empty.
+    let empty = json!({
+        "routes": [{"name": "a", "prefix": "/", "cluster": "c", "websocket": true, "engine_io": {}}],
+        "timeouts": {}, "status": {}, "health": {}, "routing": {}, "metrics": {},
+        "websocket": {"identity": {"jwt": {"payload_key": "payload", "claim": "sub"}}},
+        "health_checks": {}
+    });
+    let c = PolicyConfig::from_value(&empty).unwrap();
+    assert_eq!(c.timeouts.classes.keys().collect::<Vec<_>>(), ["standard"]);
+    assert_eq!(c.timeouts.default_class, "standard");
+    assert_eq!(c.timeouts.load_balancer_margin, Millis(5_000));
+    assert_eq!(c.status.path, "/.edge-guard/status");
+    assert_eq!(c.status.allow_cidrs, ["127.0.0.0/8", "::1/128"]);
+    assert_eq!(c.health.path, "/.edge-guard/health");
+    assert_eq!(c.health.allow_cidrs, ["0.0.0.0/0", "::/0"]);
+    assert_eq!(c.routing.on_mismatch, OnMismatch::Log);
+    assert!(!c.metrics.request_duration);
+    let engine_io = c.routes[0].engine_io.as_ref().unwrap();
+    assert_eq!(engine_io.ping_interval, Millis(25_000));
+    assert_eq!(engine_io.ping_timeout, Millis(20_000));
+    assert_eq!(engine_io.transports, ["websocket", "polling"]);
+    let ws = c.websocket.as_ref().unwrap();
+    assert!(!ws.require_identity);
+    assert_eq!(ws.drain_period, None);
+    match &ws.identity {
+        Some(IdentityConfig::Jwt(jwt)) => {
+            assert_eq!(jwt.payload_key, "payload");
+            assert_eq!(jwt.claim, "sub");
+            assert_eq!(jwt.metadata_namespace, "envoy.filters.http.jwt_authn");
+        }
+        other => panic!("{other:?}"),
+    }
+    let hc = c.health_checks.as_ref().unwrap();
+    assert_eq!(hc.interval, Millis(10_000));
+    assert_eq!(hc.timeout, Millis(2_000));
+    assert_eq!(hc.path, "/health");
+    assert_eq!((hc.unhealthy_threshold, hc.healthy_threshold), (3, 1));
+    assert!(hc.fail_fast);
+}
+
+/// The reader's messages name what was expected and what was found, for
+/// every kind of JSON value.
+#[test]
+fn wrong_types_say_what_was_found() {
+    let problem = |field: &str, value: serde_json::Value| {
+        let mut v = base();
+        v["routes"][0][field] = value;
+        let e = error_of(v);
+        format!("{}: {}", e.path, e.problem)
+    };
+    assert_eq!(
+        problem("prefix", json!(5)),
+        "routes[0].prefix: expected a string, found a number"
+    );
+    assert_eq!(
+        problem("cluster", json!(true)),
+        "routes[0].cluster: expected a string, found a boolean"
+    );
+    assert_eq!(
+        problem("websocket", json!("yes")),
+        "routes[0].websocket: expected true or false, found a string"
+    );
+    assert_eq!(
+        problem("methods", json!(["GET", null])),
+        "routes[0].methods[1]: expected a string, found null"
+    );
+    assert_eq!(
+        problem("methods", json!({"GET": 1})),
+        "routes[0].methods: expected an array of strings, found an object"
+    );
+    assert_eq!(
+        problem("max_connections", json!([1])),
+        "routes[0].max_connections: expected a whole number ≥ 0, found an array"
+    );
+    assert_eq!(
+        problem("max_connections", json!(5_000_000_000u64)),
+        "routes[0].max_connections: 5000000000 is too large"
+    );
+    let e = Policy::from_json(br#"{"routes": [], "direction": "sideways"}"#).unwrap_err();
+    assert_eq!(e.path, "direction");
+    assert_eq!(
+        e.problem,
+        "unknown value `sideways`, expected one of `ingress`, `egress`"
+    );
+}
+
+#[test]
+fn config_error_reads_field_path_then_problem() {
+    assert_eq!(
+        ConfigError::new("routes[0].name", "bad").to_string(),
+        "routes[0].name: bad"
+    );
+    assert_eq!(ConfigError::new("", "not JSON").to_string(), "not JSON");
+}
+
+#[test]
+fn names_are_1_to_64_letters_digits_underscores_and_dashes() {
+    let ok = format!("a_b-{}", "c".repeat(60));
+    assert_eq!(ok.len(), 64);
+    let mut v = base();
+    v["routes"][0]["name"] = json!(ok);
+    v["timeouts"]["classes"] = json!({"std_1-a": "30s"});
+    v["timeouts"]["default_class"] = json!("std_1-a");
+    v["routes"][0]["timeout"] = json!("std_1-a");
+    assert_eq!(compile_value(&v).unwrap().routes[0].name, ok);
+    for bad in [String::new(), "c".repeat(65), "a b".into(), "a.b".into()] {
+        let mut v = base();
+        v["routes"][0]["name"] = json!(bad);
+        assert_eq!(error_of(v).path, "routes[0].name", "{bad:?}");
+    }
+}
+
+#[test]
+fn an_empty_method_list_is_refused() {
+    let mut v = base();
+    v["routes"][0]["methods"] = json!([]);
+    let e = error_of(v);
+    assert_eq!(e.path, "routes[0].methods");
+    assert!(e.problem.contains("empty method list"), "{e}");
+}
+
+#[test]
+fn engine_io_with_one_transport_compiles() {
+    for (list, polling, websocket) in [("websocket", false, true), ("polling", true, false)] {
+        let mut v = base();
+        v["routes"][1]["engine_io"] = json!({"transports": [list]});
+        let policy = compile_value(&v).unwrap();
+        let eio = policy.routes[1].engine_io.as_ref().unwrap();
+        assert_eq!((eio.polling, eio.websocket), (polling, websocket), "{list}");
+    }
+}
+
+#[test]
+fn drain_period_of_exactly_an_hour_or_a_millisecond_is_accepted() {
+    for (text, ms) in [("1h", 3_600_000), ("1ms", 1)] {
+        let mut v = base();
+        v["websocket"] = json!({"drain_period": text});
+        assert_eq!(
+            compile_value(&v).unwrap().drain_period,
+            Millis(ms),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn a_zero_budget_in_a_split_class_is_refused() {
+    for class in [
+        json!({"total": "10s", "response": "0s"}),
+        json!({"total": "0s", "response": "0s"}),
+    ] {
+        let mut v = base();
+        v["timeouts"]["classes"]["upload"] = class;
+        let e = error_of(v);
+        assert_eq!(e.path, "timeouts.classes.upload");
+        assert!(e.problem.contains("greater than zero"), "{e}");
+    }
+}
+
+#[test]
+fn per_user_limit_equal_to_the_instance_limit_is_fine() {
+    let mut v = base();
+    v["websocket"] = json!({"max_connections": 5, "max_connections_per_user": 5, "identity": {"header": "x-user-id"}});
+    let policy = compile_value(&v).unwrap();
+    assert_eq!(policy.websocket.max_connections_per_user, Some(5));
+    assert_eq!(
+        policy.websocket.identity,
+        Some(Identity::Header("x-user-id".into()))
+    );
+}
+
+#[test]
+fn identity_header_must_be_a_lower_case_regular_header() {
+    for bad in ["", ":authority", "X-User-Id", "x user"] {
+        let mut v = base();
+        v["websocket"] = json!({"identity": {"header": bad}});
+        assert_eq!(error_of(v).path, "websocket.identity.header", "{bad:?}");
+    }
+}
+
+#[test]
+fn jwt_identity_needs_a_payload_key_and_a_claim() {
+    for (key, claim) in [("jwt_payload", ""), ("", "sub")] {
+        let mut v = base();
+        v["websocket"] = json!({"identity": {"jwt": {"payload_key": key, "claim": claim}}});
+        assert_eq!(
+            error_of(v).path,
+            "websocket.identity.jwt",
+            "{key:?} {claim:?}"
+        );
+    }
+}
+
+#[test]
+fn health_check_interval_and_timeout_boundaries() {
+    let checks = |interval: &str, timeout: &str| {
+        let mut v = base();
+        v["health_checks"] = json!({"interval": interval, "timeout": timeout});
+        compile_value(&v)
+    };
+    let h = checks("100ms", "100ms").unwrap().health.unwrap();
+    assert_eq!((h.interval, h.timeout), (Millis(100), Millis(100)));
+    assert_eq!(
+        checks("99ms", "50ms").unwrap_err().path,
+        "health_checks.interval"
+    );
+    assert_eq!(
+        checks("10s", "0s").unwrap_err().path,
+        "health_checks.timeout"
+    );
+}
+
+#[test]
+fn routes_are_listed_by_their_class() {
+    let mut v = base();
+    v["timeouts"]["classes"]["long"] = json!("60s");
+    v["routes"][1]["timeout"] = json!("long");
+    v["routes"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "more", "prefix": "/more", "cluster": "c"}));
+    let policy = compile_value(&v).unwrap();
+    let by_class = routes_by_class(&policy);
+    assert_eq!(
+        by_class.into_iter().collect::<Vec<_>>(),
+        vec![
+            ("long", vec!["events"]),
+            ("standard", vec!["courses", "more"])
+        ]
+    );
+}
+
+#[test]
+fn lookups_by_route_id_and_websocket_presence() {
+    let policy = compile_value(&base()).unwrap();
+    assert_eq!(policy.route(1).map(|r| r.name.as_str()), Some("events"));
+    assert!(policy.route(2).is_none());
+    assert!(policy.has_websocket_routes());
+    let mut v = base();
+    v["routes"][1]["websocket"] = json!(false);
+    assert!(!compile_value(&v).unwrap().has_websocket_routes());
+}

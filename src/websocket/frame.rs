@@ -1019,6 +1019,88 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_chunk_is_empty() {
+        assert!(SliceSource(&[]).is_empty());
+        assert!(!SliceSource(&[0x81]).is_empty());
+    }
+
+    #[test]
+    fn opcodes_round_trip_with_their_wire_values() {
+        let all = [
+            (Opcode::Continuation, 0x0),
+            (Opcode::Text, 0x1),
+            (Opcode::Binary, 0x2),
+            (Opcode::Close, 0x8),
+            (Opcode::Ping, 0x9),
+            (Opcode::Pong, 0xA),
+        ];
+        for (opcode, wire) in all {
+            assert_eq!(opcode.as_u8(), wire);
+            assert_eq!(Opcode::from_u8(wire), Some(opcode));
+        }
+    }
+
+    #[test]
+    fn only_text_and_binary_frames_start_a_message() {
+        let mut stream = frame(false, Opcode::Text, b"a", None);
+        stream.extend(frame(true, Opcode::Ping, b"", None));
+        stream.extend(frame(true, Opcode::Continuation, b"b", None));
+        stream.extend(frame(true, Opcode::Binary, b"c", None));
+        stream.extend(frame(true, Opcode::Close, b"", None));
+        let frames = scan_all(&mut server(), &stream).unwrap();
+        let starts: Vec<bool> = frames.iter().map(Frame::starts_message).collect();
+        assert_eq!(starts, [true, false, false, true, false]);
+    }
+
+    #[test]
+    fn no_boundary_inside_a_header_nor_after_an_error() {
+        let mut scanner = client();
+        let bytes = frame(true, Opcode::Text, b"hello", Some(KEY));
+        scan_all(&mut scanner, &bytes[..1]).unwrap();
+        assert!(!scanner.at_frame_boundary(), "one header byte in");
+        scan_all(&mut scanner, &bytes[1..]).unwrap();
+        assert!(scanner.at_frame_boundary());
+        let _ = only_error(&mut scanner, &frame(true, Opcode::Text, b"", None));
+        assert!(!scanner.at_frame_boundary(), "failed");
+    }
+
+    #[test]
+    fn position_is_how_far_the_scan_has_got() {
+        let mut bytes = frame(true, Opcode::Text, b"abc", None);
+        bytes.extend(frame(true, Opcode::Binary, b"de", None));
+        let mut scanner = server();
+        let mut source = SliceSource(&bytes);
+        let mut frames = scanner.frames(&mut source);
+        assert_eq!(frames.position(), 0);
+        assert!(frames.next().is_some());
+        assert_eq!(frames.position(), 5);
+        assert!(frames.next().is_some());
+        assert_eq!(frames.position(), 9);
+        assert!(frames.next().is_none());
+    }
+
+    #[test]
+    fn a_source_serving_no_bytes_fails_the_scan() {
+        struct Empty;
+        impl ChunkSource for Empty {
+            fn len(&self) -> usize {
+                4
+            }
+            fn bytes(&mut self, _start: usize, _len: usize) -> Option<&[u8]> {
+                Some(&[])
+            }
+        }
+        let results: Vec<_> = server().frames(&mut Empty).collect();
+        assert_eq!(
+            results,
+            vec![Err(ScanError {
+                error: FrameError::SourceUnavailable,
+                header_offset: Some(0)
+            })]
+        );
+    }
+
+    #[test]
     fn display_mentions_offset() {
         let e = ScanError {
             error: FrameError::ReservedOpcode(3),

@@ -13,11 +13,11 @@ REPORT="$ROOT/tests/mutants/host-layer.md"
 
 # id ~ file ~ exact text ~ replacement ~ test binary ~ test name (exact) ~ what breaks
 MUTATIONS=(
-"H1~src/filter/http.rs~const CLOSE_GRACE_MS: u64 = 800;~const CLOSE_GRACE_MS: u64 = 5000;~claims~a_violation_tears_the_stream_down_within_1s_whatever_the_peers_do~close grace after a size/rate/protocol violation 800 ms -> 5 s"
-"H2~src/filter/http.rs~const CAPACITY_RETRY_AFTER: &str = \"5\";~const CAPACITY_RETRY_AFTER: &str = \"1\";~websocket~instance_limit_is_exact_under_a_burst_of_40_upgrades~retry-after on websocket_capacity 5 -> 1"
+"H1~src/filter/http/websocket.rs~const CLOSE_GRACE_MS: u64 = 800;~const CLOSE_GRACE_MS: u64 = 5000;~claims~a_violation_tears_the_stream_down_within_1s_whatever_the_peers_do~close grace after a size/rate/protocol violation 800 ms -> 5 s"
+"H2~src/filter/http/websocket.rs~const CAPACITY_RETRY_AFTER: &str = \"5\";~const CAPACITY_RETRY_AFTER: &str = \"1\";~websocket~instance_limit_is_exact_under_a_burst_of_40_upgrades~retry-after on websocket_capacity 5 -> 1"
 "H3~src/headers.rs~    \"x-envoy-upstream-rq-timeout-alt-response\",~    \"x-envoy-upstream-rq-timeout-alt-responsX\",~claims~client_alt_response_header_cannot_change_the_504~the client's x-envoy-upstream-rq-timeout-alt-response is kept"
 "H4~src/policy/mod.rs~lb_idle.saturating_sub(t.load_balancer_margin)~lb_idle.saturating_sub(Millis(5000))~claims~configured_load_balancer_margin_is_the_one_applied~the configured load_balancer_margin ignored (default 5 s used)"
-"H5~src/filter/http.rs~        host::set_request_header(ROUTER_TIMEOUT_HEADER, None);\n~\n~claims~client_router_timeout_header_on_an_upgrade_changes_nothing~a client's router-timeout header kept on a WebSocket upgrade"
+"H5~src/filter/http/websocket.rs~        host::set_request_header(ROUTER_TIMEOUT_HEADER, None);\n~\n~claims~client_router_timeout_header_on_an_upgrade_changes_nothing~a client's router-timeout header kept on a WebSocket upgrade"
 "H6~src/filter/root.rs~                metrics::increment(m.probe_failures, 1);~                let _ = m;~claims~a_refused_connection_is_a_failed_probe~edge_guard.cluster.<cluster>.probe_failures never incremented"
 "H7~src/filter/http.rs~.filter(|h| h.fail_fast)~.filter(|_h| true)~claims~without_fail_fast_an_unhealthy_cluster_still_gets_traffic~fail_fast: false ignored (always fail fast)"
 "H8~src/filter/worker.rs~const TIMER_CLOSE_GRACE_MS: u64 = 250;~const TIMER_CLOSE_GRACE_MS: u64 = 0;~claims~idle_timeout_closes_with_1001_on_the_next_chunk~idle/lifetime close: reset at once instead of 250 ms for the 1001 to ride the next chunk"

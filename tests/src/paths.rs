@@ -115,7 +115,8 @@ pub fn check_fresh(wasm: &Path) -> Result<(), String> {
 
 /// `$EDGE_GUARD_FAULT_WASM` or the fault-injection build that `./build.sh
 /// test` writes (`target/fault-injection/edge_guard.wasm`): the filter built
-/// with the `fault-injection` feature, which traps on `x-edge-guard-fault: trap`.
+/// with the `fault-injection` feature (`src/filter/fault.rs`: it traps, skips
+/// a stream's own slot release, or withholds body bytes, on the test's cue).
 pub fn fault_wasm() -> PathBuf {
     let p = from_env_or(
         "EDGE_GUARD_FAULT_WASM",
