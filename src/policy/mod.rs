@@ -620,10 +620,11 @@ fn compile_drain_period(config: &PolicyConfig) -> Result<Millis, ConfigError> {
 }
 
 fn class_names(classes: &[TimeoutClass]) -> String {
+    // Owned strings, as the other error lists join: one `join` in the wasm.
     classes
         .iter()
-        .map(|c| c.name.as_str())
-        .collect::<Vec<_>>()
+        .map(|c| c.name.clone())
+        .collect::<Vec<String>>()
         .join(", ")
 }
 
