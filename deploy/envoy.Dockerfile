@@ -7,7 +7,7 @@ RUN rustup target add wasm32-wasip1 \
 WORKDIR /src
 COPY . .
 RUN cargo build --release --target wasm32-wasip1 -p edge-guard \
- && wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+ && wasm-opt -O3 --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
       --enable-nontrapping-float-to-int target/wasm32-wasip1/release/edge_guard.wasm -o /edge_guard.wasm
 
 FROM envoyproxy/envoy:v1.40.0
