@@ -108,13 +108,11 @@ cmd_ci_deps() {
 }
 
 # wasm-opt shrinks a module by ~15% (rustc cannot do whole-module wasm
-# passes); the features are the ones rustc's wasm32-wasip1 output uses. -Oz:
-# 7 KB smaller than -O3 for edge-guard, no more instructions per request
-# (BENCHMARKS.md). The benchmark post-processes its pass-through filter with
-# this same function.
+# passes); the features are the ones rustc's wasm32-wasip1 output uses. The
+# benchmark post-processes its pass-through filter with this same function.
 optimise_wasm() {
   ensure_wasm_opt
-  wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+  wasm-opt -O3 --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
     --enable-nontrapping-float-to-int "$1" -o "$2"
 }
 

@@ -44,7 +44,7 @@ cargo build --quiet --release --target wasm32-wasip1 \
 # The same post-processing as edge_guard.wasm (build.sh's optimise_wasm), so
 # that both filters are built the same way.
 "$ROOT/build.sh" optimise-wasm "$PASSTHROUGH" "$WORK/passthrough.wasm"
-POST="wasm-opt -Oz"
+POST="wasm-opt -O3"
 cargo build --quiet --release -p edge-guard-demo
 cargo build --quiet --release \
   --manifest-path bench/tools/Cargo.toml --target-dir "$WORK/target-tools"
