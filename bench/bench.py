@@ -802,7 +802,7 @@ def report(cfg, results, meta):
             f"{fmt(cpu, 2)} | {busy:.0f} % |")
     add("")
 
-    add("## Wasm binaries (release profile: lto, codegen-units 1, opt-level \"z\", strip; "
+    add("## Wasm binaries (release profile: lto, codegen-units 1, opt-level \"s\", strip; "
         f"post-processing: {meta['wasm_post']})")
     add("")
     add("| file | bytes |")
