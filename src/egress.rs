@@ -357,6 +357,80 @@ mod tests {
     }
 
     #[test]
+    fn host_patterns_match_the_host_or_strict_subdomains() {
+        let exact = host("sms.example.com");
+        assert!(exact.matches("sms.example.com"));
+        assert!(!exact.matches("mms.example.com"));
+        assert!(!exact.matches("a.sms.example.com"));
+        let wildcard = host("*.example.com");
+        assert!(wildcard.matches("a.example.com"));
+        assert!(wildcard.matches("a.b.example.com"));
+        assert!(!wildcard.matches("example.com"));
+        assert!(!wildcard.matches(".example.com"));
+        assert!(!wildcard.matches("a.example.net"));
+    }
+
+    #[test]
+    fn a_wildcard_never_resolves_its_bare_suffix() {
+        let t = table(&[("*.example.com", "/")]);
+        assert_eq!(
+            t.resolve(".example.com", "/", Method::Get),
+            RouteMatch::NotFound
+        );
+        assert_eq!(
+            t.resolve("a.example.com", "/", Method::Get),
+            RouteMatch::Route(0)
+        );
+    }
+
+    #[test]
+    fn host_names_take_hyphens_underscores_and_253_characters() {
+        assert_eq!(
+            host("sms-gw.example.com"),
+            HostPattern::Exact("sms-gw.example.com".into())
+        );
+        assert_eq!(
+            host("*.my_svc.internal"),
+            HostPattern::Suffix(".my_svc.internal".into())
+        );
+        let label = |c: &str, n: usize| c.repeat(n);
+        let longest = format!(
+            "{}.{}.{}.{}",
+            label("a", 63),
+            label("b", 63),
+            label("c", 63),
+            label("d", 61)
+        );
+        assert_eq!(longest.len(), 253);
+        assert_eq!(host(&longest), HostPattern::Exact(longest.clone()));
+        let too_long = format!("{longest}d");
+        let e = parse_host_pattern(&too_long).unwrap_err();
+        assert!(e.contains("is not a valid host name"), "{e}");
+    }
+
+    #[test]
+    fn a_port_or_a_path_is_named_in_the_error() {
+        for bad in ["sms.example.com:443", "sms.example.com/send"] {
+            let e = parse_host_pattern(bad).unwrap_err();
+            assert!(
+                e.starts_with(&format!("\"{bad}\" is not a bare host name;")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_a_numeric_port_is_stripped() {
+        assert_eq!(authority_host("a.b:8443"), "a.b");
+        assert_eq!(authority_host("a.b:http"), "a.b:http");
+        let t = table(&[("sms.example.com", "/")]);
+        assert_eq!(
+            t.resolve("sms.example.com:evil", "/", Method::Get),
+            RouteMatch::NotFound
+        );
+    }
+
+    #[test]
     fn undeclared_calls_are_refused_by_direction() {
         let (code, message) = undeclared(Direction::Egress, "Evil.example.net:8443", "/steal");
         assert_eq!(code, ErrorCode::DestinationNotAllowed);

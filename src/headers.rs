@@ -87,6 +87,13 @@ pub struct RequestHead {
     pub upgrade: Option<String>,
     /// Which of `CLIENT_DEADLINE_HEADERS` the client sent (bit i = entry i).
     pub client_deadline_headers: u8,
+    /// The first value of the identity header, when the policy names one
+    /// (read here rather than by a lookup: Envoy indexes a header map on its
+    /// first lookup of a header it does not inline, and that index lives as
+    /// long as the stream — about 600 bytes per open WebSocket).
+    pub identity: Option<String>,
+    /// The client offered WebSocket extensions (`sec-websocket-extensions`).
+    pub websocket_extensions: bool,
 }
 
 fn text(value: &[u8]) -> String {
@@ -95,8 +102,22 @@ fn text(value: &[u8]) -> String {
 
 impl RequestHead {
     pub fn from_pairs<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> RequestHead {
+        RequestHead::read(pairs, None)
+    }
+
+    /// As [`RequestHead::from_pairs`], also keeping the first value of
+    /// `identity_header` (a lower-case name).
+    pub fn read<'a>(
+        pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+        identity_header: Option<&str>,
+    ) -> RequestHead {
+        let identity_header = identity_header.map(str::as_bytes);
         let mut head = RequestHead::default();
         for (name, value) in pairs {
+            if head.identity.is_none() && Some(name) == identity_header {
+                head.identity = Some(text(value));
+                continue;
+            }
             match name {
                 b":path" => head.path = Some(text(value)),
                 b":method" => head.method = Some(text(value)),
@@ -108,6 +129,7 @@ impl RequestHead {
                     }
                 }
                 b"x-request-id" => head.request_id = Some(text(value)),
+                b"sec-websocket-extensions" => head.websocket_extensions = true,
                 b"upgrade" | b":protocol" => match &mut head.upgrade {
                     Some(joined) => {
                         joined.push(',');
@@ -141,6 +163,37 @@ impl RequestHead {
             .enumerate()
             .filter(|(bit, _)| self.client_deadline_headers & (1 << bit) != 0)
             .map(|(_, name)| *name)
+    }
+}
+
+/// What an upgrade's answer says, read from the response headers in one
+/// pass (a lookup of `sec-websocket-extensions` would make Envoy index the
+/// response header map for the rest of the connection).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct UpgradeAnswer {
+    /// `:status` is 101.
+    pub switched: bool,
+    /// The extensions the upstream accepted (repeated headers joined with `,`).
+    pub extensions: Option<String>,
+}
+
+impl UpgradeAnswer {
+    pub fn from_pairs<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> UpgradeAnswer {
+        let mut answer = UpgradeAnswer::default();
+        for (name, value) in pairs {
+            match name {
+                b":status" => answer.switched = value == b"101",
+                b"sec-websocket-extensions" => match &mut answer.extensions {
+                    Some(joined) => {
+                        joined.push(',');
+                        joined.push_str(&String::from_utf8_lossy(value));
+                    }
+                    None => answer.extensions = Some(text(value)),
+                },
+                _ => {}
+            }
+        }
+        answer
     }
 }
 
@@ -253,6 +306,44 @@ mod tests {
         assert_eq!(
             RequestHead::from_pairs(HeaderPairs::new(&garbage)).inherited,
             Inherited::None
+        );
+    }
+
+    #[test]
+    fn keeps_the_first_identity_value_and_notes_an_extension_offer() {
+        let bytes = serialize(&[
+            ("x-user-id", b"ann"),
+            ("sec-websocket-extensions", b"permessage-deflate"),
+            ("x-user-id", b"bob"),
+        ]);
+        let head = RequestHead::read(HeaderPairs::new(&bytes), Some("x-user-id"));
+        assert_eq!(head.identity.as_deref(), Some("ann"));
+        assert!(head.websocket_extensions);
+        let head = RequestHead::read(HeaderPairs::new(&bytes), Some("x-other"));
+        assert_eq!(head.identity, None);
+        let head = RequestHead::from_pairs(HeaderPairs::new(&bytes));
+        assert_eq!(head.identity, None, "no identity header configured");
+        let plain = serialize(&[(":path", b"/")]);
+        assert!(!RequestHead::from_pairs(HeaderPairs::new(&plain)).websocket_extensions);
+    }
+
+    #[test]
+    fn an_upgrade_answer_is_its_status_and_accepted_extensions() {
+        let bytes = serialize(&[
+            (":status", b"101"),
+            ("sec-websocket-extensions", b"permessage-deflate"),
+            ("sec-websocket-extensions", b"x-other"),
+        ]);
+        let answer = UpgradeAnswer::from_pairs(HeaderPairs::new(&bytes));
+        assert!(answer.switched);
+        assert_eq!(
+            answer.extensions.as_deref(),
+            Some("permessage-deflate,x-other")
+        );
+        let refused = serialize(&[(":status", b"403"), ("upgrade", b"websocket")]);
+        assert_eq!(
+            UpgradeAnswer::from_pairs(HeaderPairs::new(&refused)),
+            UpgradeAnswer::default()
         );
     }
 

@@ -371,6 +371,23 @@ mod tests {
     }
 
     #[test]
+    fn adding_a_method_twice_keeps_it() {
+        let twice = MethodSet::EMPTY.with(Method::Get).with(Method::Get);
+        assert!(twice.contains(Method::Get));
+        assert_eq!(twice, MethodSet::EMPTY.with(Method::Get));
+        assert_eq!(MethodSet::ANY.with(Method::Post), MethodSet::ANY);
+    }
+
+    #[test]
+    fn union_with_shared_methods_keeps_them() {
+        let get = MethodSet::EMPTY.with(Method::Get);
+        let get_post = get.with(Method::Post);
+        assert_eq!(get.union(get), get);
+        assert_eq!(get_post.union(get), get_post);
+        assert_eq!(MethodSet::ANY.union(get), MethodSet::ANY);
+    }
+
+    #[test]
     fn allow_header_lists_method_names() {
         let set = MethodSet::EMPTY.with(Method::Post).with(Method::Get);
         assert_eq!(set.to_string(), "GET, POST");

@@ -342,6 +342,25 @@ mod tests {
     }
 
     #[test]
+    fn a_reference_is_a_store_over_the_same_entries() {
+        // Code generic over `S: SharedStore` is handed `&store` (or a `&dyn`):
+        // reads and writes through it are the store's own.
+        fn write_then_read<S: SharedStore>(s: S) -> Option<(Vec<u8>, u32)> {
+            s.set("k", b"v", 0).unwrap();
+            s.get("k").unwrap()
+        }
+        let store = MemoryStore::new();
+        let (value, cas) = write_then_read(&store).unwrap();
+        assert_eq!(value, b"v");
+        assert_eq!(store.get("k").unwrap(), Some((b"v".to_vec(), cas)));
+        let dyn_store: &dyn SharedStore = &store;
+        let (value, cas2) = write_then_read(dyn_store).unwrap();
+        assert_eq!(value, b"v");
+        assert_ne!(cas2, cas);
+        assert_eq!(store.get("k").unwrap(), Some((b"v".to_vec(), cas2)));
+    }
+
+    #[test]
     fn display_is_readable() {
         assert_eq!(
             StoreError::Host(7).to_string(),

@@ -157,6 +157,10 @@ mod tests {
         }
         let long = format!("0{{\"sid\":\"{}\"}}", "a".repeat(MAX_SID_BYTES + 1));
         assert_eq!(handshake_sid(long.as_bytes()), None);
+        // The longest accepted id is exactly MAX_SID_BYTES.
+        let longest = "a".repeat(MAX_SID_BYTES);
+        let body = format!("0{{\"sid\":\"{longest}\"}}");
+        assert_eq!(handshake_sid(body.as_bytes()), Some(longest.as_str()));
     }
 
     #[test]

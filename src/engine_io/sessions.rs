@@ -479,6 +479,15 @@ mod tests {
         let mut too_long = session("abc", None, 7);
         too_long.route = "r".repeat(256);
         assert!(!insert(&store, &too_long).unwrap());
+        // A user length of 0xFFFF would read back as "no user".
+        let sentinel = "u".repeat(usize::from(NO_USER));
+        assert!(!insert(&store, &session("abc", Some(&sentinel), 7)).unwrap());
+        let longest = "u".repeat(usize::from(NO_USER) - 1);
+        assert!(insert(&store, &session("abc", Some(&longest), 7)).unwrap());
+        assert_eq!(
+            remove(&store, "abc").unwrap().and_then(|s| s.user),
+            Some(longest)
+        );
         assert_eq!(count(&store).unwrap(), 0);
     }
 

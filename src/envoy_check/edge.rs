@@ -414,6 +414,104 @@ mod tests {
     }
 
     #[test]
+    fn an_original_ip_detection_extension_is_trusting_forwarded_for() {
+        let mut hcm = shipped_hcm();
+        hcm["original_ip_detection_extensions"] = json!([{"name": "envoy.extensions.http.original_ip_detection.xff",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.http.original_ip_detection.xff.v3.XffConfig", "xff_num_trusted_hops": 1}}]);
+        let found = check_hcm("hcm", &read_hcm(&hcm), None);
+        assert_eq!(ids(&found), vec!["remote_address_untrusted"]);
+        assert_eq!(found[0].severity, Severity::Warning);
+        // An empty list configures nothing.
+        hcm["original_ip_detection_extensions"] = json!([]);
+        assert!(check_hcm("hcm", &read_hcm(&hcm), None).is_empty());
+    }
+
+    #[test]
+    fn a_local_reply_config_with_a_json_content_type_is_json() {
+        let mut hcm = shipped_hcm();
+        for body_format in [
+            json!({"text_format": "{\"error\": \"%LOCAL_REPLY_BODY%\"}", "content_type": "application/json"}),
+            json!({"textFormat": "{\"error\": \"%LOCAL_REPLY_BODY%\"}", "contentType": "application/json; charset=utf-8"}),
+        ] {
+            hcm["local_reply_config"] = json!({"body_format": body_format});
+            let s = read_hcm(&hcm);
+            assert!(s.local_reply_json, "{body_format}");
+            assert!(check_hcm("hcm", &s, None).is_empty(), "{body_format}");
+        }
+        // Another content type is not JSON, whatever the key.
+        hcm["local_reply_config"] = json!({"body_format": {"text_format": "%LOCAL_REPLY_BODY%", "content_type": "text/plain"}});
+        let s = read_hcm(&hcm);
+        assert!(!s.local_reply_json);
+        assert_eq!(
+            ids(&check_hcm("hcm", &s, None)),
+            vec!["local_reply_config_missing"]
+        );
+    }
+
+    #[test]
+    fn path_normalization_names_exactly_the_missing_setting() {
+        for (missing, other) in [
+            ("normalize_path", "merge_slashes"),
+            ("merge_slashes", "normalize_path"),
+        ] {
+            let mut hcm = shipped_hcm();
+            hcm[missing] = json!(false);
+            let found = check_hcm("hcm", &read_hcm(&hcm), None);
+            assert_eq!(ids(&found), vec!["path_normalization_missing"], "{missing}");
+            let message = &found[0].message;
+            assert!(
+                message.contains(&format!("set {missing}: true")),
+                "{message}"
+            );
+            assert!(!message.contains(other), "{message}");
+        }
+    }
+
+    #[test]
+    fn each_missing_http2_limit_is_reported() {
+        for limit in [
+            "max_concurrent_streams",
+            "initial_stream_window_size",
+            "initial_connection_window_size",
+        ] {
+            let mut hcm = shipped_hcm();
+            hcm["http2_protocol_options"]
+                .as_object_mut()
+                .unwrap()
+                .remove(limit);
+            assert_eq!(
+                ids(&check_hcm("hcm", &read_hcm(&hcm), None)),
+                vec!["http2_limits_missing"],
+                "{limit}"
+            );
+        }
+    }
+
+    #[test]
+    fn connection_limits_are_recognised_by_type_under_any_name() {
+        let bootstrap = json!({"overload_manager": {
+            "resource_monitors": [{"name": "connections",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                                 "max_active_downstream_connections": 10000}}],
+            "actions": [{"name": "envoy.overload_actions.stop_accepting_requests"}]
+        }});
+        let limits = read_process(Some(&bootstrap), []);
+        assert!(limits.global_connection_limit);
+        assert!(check_process(&limits).is_empty());
+
+        let listener = json!({"filter_chains": [{"filters": [{"name": "limit",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit",
+                             "stat_prefix": "limit", "max_connections": 1000}}]}]});
+        let limits = read_process(Some(&json!({})), [&listener]);
+        assert!(limits.listener_connection_limit);
+        assert!(!limits.global_connection_limit);
+        assert_eq!(
+            ids(&check_process(&limits)),
+            vec!["overload_manager_missing"]
+        );
+    }
+
+    #[test]
     fn process_limits_from_the_overload_manager_or_listeners() {
         let listener = json!({"filter_chains": [{"filters": [{"name": "envoy.filters.network.connection_limit"}]}]});
         let bootstrap = json!({"overload_manager": {

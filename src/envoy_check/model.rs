@@ -854,6 +854,242 @@ mod tests {
     }
 
     #[test]
+    fn duration_signs_and_nanosecond_digits() {
+        // A sign is not part of a protobuf Duration's JSON form, although
+        // u64's parser would take it, in either the seconds or the fraction.
+        assert!(parse_envoy_duration(&json!("+5s")).is_err());
+        assert!(parse_envoy_duration(&json!("1.+5s")).is_err());
+        assert!(parse_envoy_duration(&json!("1.-5s")).is_err());
+        // Nine fractional digits (nanoseconds) at most; a tenth is refused.
+        assert_eq!(
+            parse_envoy_duration(&json!("0.123456789s")),
+            Ok(Millis(124))
+        );
+        assert_eq!(
+            parse_envoy_duration(&json!("2.000000001s")),
+            Ok(Millis(2_001))
+        );
+        assert!(parse_envoy_duration(&json!("0.1234567891s")).is_err());
+        assert!(parse_envoy_duration(&json!("1.0000000000s")).is_err());
+    }
+
+    fn wasm(config_name: &str, root_id: &str, code: &str) -> WasmFilter {
+        WasmFilter {
+            config_name: config_name.to_string(),
+            root_id: root_id.to_string(),
+            code: code.to_string(),
+            ..WasmFilter::default()
+        }
+    }
+
+    #[test]
+    fn edge_guard_is_recognised_by_any_one_of_name_root_id_or_code() {
+        assert!(wasm("edge_guard", "", "").is_edge_guard());
+        assert!(wasm("", "edge_guard", "").is_edge_guard());
+        assert!(wasm("", "", "/etc/envoy/edge_guard.wasm").is_edge_guard());
+        assert!(wasm("edge_guard", "other", "/etc/envoy/authz.wasm").is_edge_guard());
+        assert!(wasm("other", "edge_guard", "/etc/envoy/authz.wasm").is_edge_guard());
+        // Another wasm filter is not edge-guard.
+        assert!(!wasm("authz", "authz", "/etc/envoy/authz.wasm").is_edge_guard());
+        assert!(!wasm("", "", "").is_edge_guard());
+    }
+
+    /// A bootstrap with one listener whose filter chains hold `filters`.
+    fn bootstrap(chains: Value) -> EnvoyConfig {
+        EnvoyConfig::from_value(&json!({"static_resources": {"listeners": [
+            {"name": "main", "filter_chains": chains}
+        ]}}))
+        .unwrap()
+    }
+
+    const HCM_TYPE: &str =
+        "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+
+    fn hcm_filter(name: &str, hcm: Value) -> Value {
+        json!({"name": name, "typed_config": hcm})
+    }
+
+    fn hcm_config(extra: Value) -> Value {
+        let mut hcm = json!({"@type": HCM_TYPE, "route_config": {"name": "r"}});
+        for (k, v) in extra.as_object().unwrap() {
+            hcm[k] = v.clone();
+        }
+        hcm
+    }
+
+    #[test]
+    fn an_hcm_is_recognised_by_its_type_or_by_either_of_its_names() {
+        // By type, whatever the filter is called.
+        let by_type =
+            bootstrap(json!([{"filters": [hcm_filter("my_hcm", hcm_config(json!({})))]}]));
+        assert_eq!(by_type.hcms.len(), 1);
+        // By name alone (no @type Envoy would read), current and legacy.
+        for name in [
+            "envoy.filters.network.http_connection_manager",
+            "envoy.http_connection_manager",
+        ] {
+            let by_name = bootstrap(json!([{"filters": [
+                {"name": name, "typed_config": {"route_config": {"name": "r"}}}
+            ]}]));
+            assert_eq!(by_name.hcms.len(), 1, "{name}");
+        }
+        // Neither: a TCP proxy is not an HCM.
+        let tcp = bootstrap(
+            json!([{"filters": [{"name": "envoy.filters.network.tcp_proxy",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"}}]}]),
+        );
+        assert_eq!(tcp.hcms.len(), 0);
+    }
+
+    #[test]
+    fn hcm_labels_name_the_chain_only_when_a_listener_has_several() {
+        let one = bootstrap(json!([{"filters": [hcm_filter("hcm", hcm_config(json!({})))]}]));
+        let labels: Vec<&str> = one.hcms.iter().map(|h| h.label.as_str()).collect();
+        assert_eq!(labels, ["listener \"main\""]);
+        let two = bootstrap(json!([
+            {"filters": [hcm_filter("hcm", hcm_config(json!({})))]},
+            {"filters": [hcm_filter("hcm", hcm_config(json!({})))]}
+        ]));
+        let labels: Vec<&str> = two.hcms.iter().map(|h| h.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "listener \"main\" filter_chains[0]",
+                "listener \"main\" filter_chains[1]"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_empty_stat_prefix_is_no_stat_prefix() {
+        let routes = routes(json!([
+            {"match": {"prefix": "/a"}, "route": {"cluster": "a"}, "stat_prefix": "courses"},
+            {"match": {"prefix": "/b"}, "route": {"cluster": "b"}, "stat_prefix": ""},
+            {"match": {"prefix": "/c"}, "route": {"cluster": "c"}}
+        ]));
+        let prefixes: Vec<Option<&str>> = routes.iter().map(|r| r.stat_prefix.as_deref()).collect();
+        assert_eq!(prefixes, [Some("courses"), None, None]);
+    }
+
+    /// The kinds of the http_filters of a one-HCM bootstrap.
+    fn filter_kinds(http_filters: Value) -> Vec<FilterKind> {
+        let config = bootstrap(json!([{"filters": [hcm_filter(
+            "hcm",
+            hcm_config(json!({"http_filters": http_filters}))
+        )]}]));
+        config
+            .hcms
+            .into_iter()
+            .next()
+            .unwrap()
+            .http_filters
+            .into_iter()
+            .map(|f| f.kind)
+            .collect()
+    }
+
+    #[test]
+    fn router_and_wasm_filters_are_recognised_by_type_or_by_name() {
+        let kinds = filter_kinds(json!([
+            // By type, under custom names.
+            {"name": "my_router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
+            {"name": "my_wasm", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": {"name": "edge_guard"}}},
+            // By name alone, current and legacy router names.
+            {"name": "envoy.filters.http.router"},
+            {"name": "envoy.router"},
+            {"name": "envoy.filters.http.wasm", "typed_config": {"config": {"root_id": "edge_guard"}}},
+            // Neither.
+            {"name": "envoy.filters.http.cors", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}}
+        ]));
+        assert!(matches!(kinds[0], FilterKind::Router), "{kinds:?}");
+        assert!(
+            matches!(&kinds[1], FilterKind::Wasm(w) if w.config_name == "edge_guard"),
+            "{kinds:?}"
+        );
+        assert!(matches!(kinds[2], FilterKind::Router), "{kinds:?}");
+        assert!(matches!(kinds[3], FilterKind::Router), "{kinds:?}");
+        assert!(
+            matches!(&kinds[4], FilterKind::Wasm(w) if w.root_id == "edge_guard"),
+            "{kinds:?}"
+        );
+        assert!(matches!(kinds[5], FilterKind::Other), "{kinds:?}");
+        assert_eq!(kinds.len(), 6);
+    }
+
+    /// The routes of a one-HCM bootstrap with these inline routes.
+    fn routes(routes: Value) -> Vec<EnvoyRoute> {
+        let config = bootstrap(json!([{"filters": [hcm_filter("hcm", hcm_config(json!({
+            "route_config": {"name": "r", "virtual_hosts": [{"name": "vh", "domains": ["*"], "routes": routes}]}
+        })))]}]));
+        let hcm = config.hcms.into_iter().next().unwrap();
+        let RouteSource::Inline(rc) = hcm.routes else {
+            panic!("inline routes expected");
+        };
+        rc.virtual_hosts.into_iter().next().unwrap().routes
+    }
+
+    #[test]
+    fn route_actions_clusters_and_forwarding() {
+        let routes = routes(json!([
+            {"match": {"prefix": "/a"}, "route": {"cluster": "a"}},
+            {"match": {"prefix": "/w"}, "route": {"weighted_clusters": {"clusters": [
+                {"name": "blue", "weight": 90}, {"name": "green", "weight": 10}]}}},
+            {"match": {"prefix": "/h"}, "route": {"cluster_header": "x-cluster"}},
+            {"match": {"prefix": "/p"}, "route": {"cluster_specifier_plugin": {"extension": {"name": "p"}}}},
+            {"match": {"prefix": "/i"}, "route": {"inline_cluster_specifier_plugin": {"extension": {"name": "p"}}}},
+            {"match": {"prefix": "/r"}, "redirect": {"https_redirect": true}},
+            {"match": {"prefix": "/d"}, "direct_response": {"status": 503}},
+            {"match": {"prefix": "/n"}, "non_forwarding_action": {}},
+            {"match": {"prefix": "/f"}, "filter_action": {"action": {"name": "x"}}},
+            {"match": {"prefix": "/u"}, "route": {}}
+        ]));
+        let described: Vec<String> = routes.iter().map(|r| r.action.describe()).collect();
+        assert_eq!(
+            described,
+            [
+                "cluster \"a\"",
+                "weighted_clusters [\"blue\", \"green\"]",
+                "the cluster named in header \"x-cluster\"",
+                "a cluster_specifier_plugin",
+                "a cluster_specifier_plugin",
+                "a redirect",
+                "a direct_response with status 503",
+                "a non_forwarding_action",
+                "a non_forwarding_action",
+                "no action edge-guard-validate understands",
+            ]
+        );
+        let clusters: Vec<Option<Vec<&str>>> = routes
+            .iter()
+            .map(|r| {
+                r.clusters()
+                    .map(|cs| cs.iter().map(String::as_str).collect())
+            })
+            .collect();
+        assert_eq!(
+            clusters,
+            [
+                Some(vec!["a"]),
+                Some(vec!["blue", "green"]),
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None
+            ]
+        );
+        let forwards: Vec<bool> = routes.iter().map(EnvoyRoute::forwards).collect();
+        assert_eq!(
+            forwards,
+            [true, true, true, true, true, false, false, false, false, false]
+        );
+    }
+
+    #[test]
     fn reads_camel_case_field_names() {
         let v = json!({"routeConfigName": "local"});
         assert_eq!(str_field(&v, "route_config_name"), Some("local"));

@@ -439,6 +439,42 @@ mod tests {
     }
 
     #[test]
+    fn malformed_parts_and_escapes_outside_the_subset_are_refused() {
+        // Letter escapes (alone, in a class, as a range bound), a trailing
+        // backslash, an unterminated class.
+        assert_eq!(full_match(r"\q", "q"), None);
+        assert_eq!(full_match(r"/a\", "/a"), None);
+        assert_eq!(full_match(r"[\q]", "q"), None);
+        assert_eq!(full_match(r"[a-\q]", "a"), None);
+        assert_eq!(full_match("[ab", "a"), None);
+        // Malformed counts.
+        assert_eq!(full_match("a{,2}", "a"), None);
+        assert_eq!(full_match("a{2x}", "aa"), None);
+        assert_eq!(full_match("a{2,3x", "aa"), None);
+        assert_eq!(full_match("a{2", "aa"), None);
+        // Lookarounds, unbalanced parentheses, a quantifier with no atom.
+        assert_eq!(full_match("(?=ab)", "ab"), None);
+        assert_eq!(full_match("(ab", "ab"), None);
+        assert_eq!(full_match("ab)", "ab"), None);
+        assert_eq!(full_match("a|+", "a"), None);
+    }
+
+    #[test]
+    fn lazy_quantifiers_escaped_range_bounds_a_trailing_dash_and_dot() {
+        assert_eq!(full_match("a{2,3}?", "aa"), Some(true));
+        assert_eq!(full_match("a+?", "aaa"), Some(true));
+        assert_eq!(full_match("a??b", "ab"), Some(true));
+        assert_eq!(full_match("a{1,3}", "aaaa"), Some(false));
+        assert_eq!(full_match(r"[!-\/]+", "!/+"), Some(true));
+        assert_eq!(full_match(r"[!-\/]+", "0"), Some(false));
+        assert_eq!(full_match("[a-]+", "a-"), Some(true));
+        assert_eq!(full_match("[a-]+", "b"), Some(false));
+        // `.` is any character but a newline.
+        assert_eq!(full_match("a.c", "a/c"), Some(true));
+        assert_eq!(full_match("a.c", "a\nc"), Some(false));
+    }
+
+    #[test]
     fn pathological_patterns_give_up() {
         let text = format!("{}b", "a".repeat(40));
         assert_eq!(full_match("(a|a)*(a|a)*(a|a)*c", &text), None);

@@ -362,6 +362,97 @@ fn edge_guard_is_recognised_by_its_code_file_alone() {
     assert!(check(&envoy, &policy()).findings.is_empty());
 }
 
+/// Another team's wasm filter (fail-open, no vm_id) next to edge-guard.
+fn other_wasm_filter() -> Value {
+    json!({
+        "name": "authz",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "authz",
+                "root_id": "authz",
+                "vm_config": {"runtime": "envoy.wasm.runtime.v8",
+                              "code": {"local": {"filename": "/etc/envoy/authz.wasm"}}},
+                "fail_open": true
+            }
+        }
+    })
+}
+
+#[test]
+fn another_wasm_filter_is_neither_checked_nor_taken_for_edge_guard() {
+    // Before edge-guard: its settings are not edge-guard's business.
+    let mut envoy = good();
+    hcm_of(&mut envoy)["http_filters"] = json!([other_wasm_filter(), wasm_filter(), router()]);
+    let report = check(&envoy, &policy());
+    assert!(report.findings.is_empty(), "{}", report.to_text());
+
+    // Alone: edge-guard is missing.
+    let mut envoy = good();
+    hcm_of(&mut envoy)["http_filters"] = json!([other_wasm_filter(), router()]);
+    let f = only(&check(&envoy, &policy()), "filter_missing");
+    assert_eq!(f.envoy_object.as_deref(), Some("listener \"main\""));
+}
+
+#[test]
+fn embedded_policy_equal_as_json_does_not_differ() {
+    // The same policy, pretty-printed in the Envoy config and compact in
+    // --policy: the same JSON, so not "differs".
+    let mut envoy = good();
+    let pretty = serde_json::to_string_pretty(&policy()).unwrap();
+    wasm_config_of(&mut envoy)["configuration"] =
+        json!({"@type": "type.googleapis.com/google.protobuf.StringValue", "value": pretty});
+    let report = check(&envoy, &policy());
+    assert!(report.findings.is_empty(), "{}", report.to_text());
+    assert_eq!(report.policy_source, "--policy");
+}
+
+#[test]
+fn embedded_policy_that_is_not_json_is_compared_as_text() {
+    // Not JSON: it differs from a JSON --policy...
+    let mut envoy = good();
+    wasm_config_of(&mut envoy)["configuration"] = json!("routes: []");
+    let f = only(&check(&envoy, &policy()), "policy_differs");
+    assert_eq!(f.envoy_object.as_deref(), Some("listener \"main\""));
+    // ...and equals the same text, whitespace around it aside.
+    let options = Options {
+        policy: Some(b"  routes: []\n"),
+        host: None,
+    };
+    let report = validate(&envoy, &options).unwrap();
+    assert!(
+        findings(&report, "policy_differs").is_empty(),
+        "{}",
+        report.to_text()
+    );
+    only(&report, "policy_invalid");
+}
+
+#[test]
+fn timeouts_equal_to_the_class_total_are_long_enough() {
+    // The class total is 30s; each Envoy timeout at exactly 30s is "at least"
+    // the total the messages ask for, so nothing is reported.
+    let mut envoy = good();
+    hcm_of(&mut envoy)["stream_idle_timeout"] = json!("30s");
+    hcm_of(&mut envoy)["request_timeout"] = json!("30s");
+    hcm_of(&mut envoy)["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["idle_timeout"] =
+        json!("30s");
+    let mut p = policy();
+    p["websocket"]["idle_timeout"] = json!("30s");
+    let report = check(&envoy, &p);
+    assert!(report.findings.is_empty(), "{}", report.to_text());
+
+    // One millisecond less and each is reported.
+    hcm_of(&mut envoy)["stream_idle_timeout"] = json!("29.999s");
+    hcm_of(&mut envoy)["request_timeout"] = json!("29.999s");
+    hcm_of(&mut envoy)["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["idle_timeout"] =
+        json!("29.999s");
+    let report = check(&envoy, &p);
+    only(&report, "hcm_stream_idle_timeout_short");
+    only(&report, "hcm_request_timeout_short");
+    only(&report, "route_idle_timeout_short");
+}
+
 #[test]
 fn websocket_upgrade_filters_without_edge_guard_bypass_it() {
     let mut envoy = good();
@@ -835,6 +926,60 @@ mod yaml_fixtures {
             shipped, expected,
             "regenerate with: ./build.sh validate --envoy deploy/compose/envoy.yaml --write-ecds deploy/compose/ecds/edge_guard.json"
         );
+    }
+
+    /// `--write-ecds` writes the ECDS resource delivering the checked policy
+    /// (whole, by rename) when there is no error, and leaves the file alone
+    /// when there is one.
+    #[test]
+    fn write_ecds_writes_the_resource_only_for_a_policy_without_errors() {
+        let envoy = repo_path("envoy/envoy.yaml").display().to_string();
+        let policy = repo_path("envoy/policy.json").display().to_string();
+        let doc = parse_envoy(&std::fs::read_to_string(&envoy).unwrap()).unwrap();
+        let policy_text = std::fs::read_to_string(&policy).unwrap();
+        let expected = crate::envoy_check::reload::ecds_resource(&doc, &policy_text).unwrap();
+        let dir = std::env::temp_dir().join(format!("eg-write-ecds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("edge_guard.json");
+        let target_s = target.display().to_string();
+        let bad = dir.join("bad.json");
+        std::fs::write(&bad, r#"{"routes": "none"}"#).unwrap();
+
+        let good = run_with(&[
+            "--envoy",
+            &envoy,
+            "--policy",
+            &policy,
+            "--write-ecds",
+            &target_s,
+        ]);
+        let written = std::fs::read_to_string(&target).unwrap_or_default();
+        let leftovers = std::fs::read_dir(&dir).unwrap().count();
+        let refused = run_with(&[
+            "--envoy",
+            &envoy,
+            "--policy",
+            &bad.display().to_string(),
+            "--write-ecds",
+            &target_s,
+        ]);
+        let kept = std::fs::read_to_string(&target).unwrap_or_default();
+        let _ = std::fs::remove_dir_all(&dir);
+
+        assert_eq!(good.code, 0, "{}{}", good.stdout, good.stderr);
+        assert_eq!(good.stderr, format!("wrote {target_s}\n"));
+        assert_eq!(serde_json::from_str::<Value>(&written).unwrap(), expected);
+        assert!(written.ends_with('\n'));
+        assert_eq!(
+            leftovers, 2,
+            "only bad.json and the resource, no temporary file"
+        );
+        assert_eq!(refused.code, 1, "{}", refused.stdout);
+        assert_eq!(
+            refused.stderr,
+            format!("not written: {target_s} (the policy has errors; the running one stays)\n")
+        );
+        assert_eq!(kept, written);
     }
 
     fn ids_of(envoy: &str, extra: &[&str]) -> (u8, String) {

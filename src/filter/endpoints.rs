@@ -20,6 +20,7 @@ use crate::status::{self, StatusSnapshot};
 use crate::websocket::slots;
 
 use super::host::{self, HostStore};
+use super::metrics;
 use super::worker::Worker;
 
 /// Suffix of the drain endpoint under `status.path`.
@@ -89,6 +90,9 @@ pub fn answer(worker: &Worker, path: &str, method: Method) -> bool {
             let now = host::now_ms();
             match drain::start(&HostStore, now, worker.policy.drain_period.as_ms()) {
                 Ok(state) => {
+                    // After the record is written: a worker that sees the
+                    // count move finds the record.
+                    metrics::increment(worker.metrics.drain_requests, 1);
                     log::info!(
                         "edge-guard: draining: every WebSocket is closed with 1001 within {} ms; new upgrades get 503",
                         state.ends_ms().saturating_sub(now)

@@ -7,7 +7,7 @@ use std::time::UNIX_EPOCH;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, Status};
 
-use crate::headers::{HeaderPairs, RequestHead};
+use crate::headers::{HeaderPairs, RequestHead, UpgradeAnswer};
 use crate::reply::LocalReply;
 use crate::shared_store::{SharedStore, StoreError};
 
@@ -55,28 +55,43 @@ extern "C" {
     ) -> Status;
 }
 
-/// The request head from one host call. Only valid during request callbacks.
-pub fn request_head() -> RequestHead {
+/// A whole header map from one host call, serialized (see `headers`).
+fn header_map(map: MapType) -> Option<Vec<u8>> {
     let mut data: *mut u8 = std::ptr::null_mut();
     let mut size: usize = 0;
     // SAFETY: on success the host hands over a buffer of `size` bytes that it
     // allocated through this module's `proxy_on_memory_allocate` (the SDK's
     // allocator), so this module owns it and frees it as a Vec.
-    let bytes = unsafe {
-        if proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size)
-            != Status::Ok
-            || data.is_null()
-        {
-            return RequestHead::default();
+    unsafe {
+        if proxy_get_header_map_pairs(map, &mut data, &mut size) != Status::Ok || data.is_null() {
+            return None;
         }
-        Vec::from_raw_parts(data, size, size)
-    };
-    RequestHead::from_pairs(HeaderPairs::new(&bytes))
+        Some(Vec::from_raw_parts(data, size, size))
+    }
 }
 
-/// A request header as text. Read as bytes: the SDK's `String` variant
-/// panics (and so kills the VM) on a value that is not UTF-8, which any
-/// client can send. Only valid during request callbacks.
+/// The request head from one host call, with the first value of
+/// `identity_header`. Only valid during request callbacks.
+pub fn request_head(identity_header: Option<&str>) -> RequestHead {
+    match header_map(MapType::HttpRequestHeaders) {
+        Some(bytes) => RequestHead::read(HeaderPairs::new(&bytes), identity_header),
+        None => RequestHead::default(),
+    }
+}
+
+/// The upstream's answer to an upgrade, from one host call. Only valid
+/// during response callbacks.
+pub fn upgrade_answer() -> UpgradeAnswer {
+    match header_map(MapType::HttpResponseHeaders) {
+        Some(bytes) => UpgradeAnswer::from_pairs(HeaderPairs::new(&bytes)),
+        None => UpgradeAnswer::default(),
+    }
+}
+
+/// A request header by lookup: only for the fault-injection build (on the
+/// request path a lookup of a header Envoy does not inline makes it index
+/// the header map for the stream's life; `request_head` reads them all).
+#[cfg(feature = "fault-injection")]
 pub fn request_header(name: &str) -> Option<String> {
     header_text(MapType::HttpRequestHeaders, name)
 }

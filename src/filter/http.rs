@@ -26,7 +26,7 @@ use crate::egress;
 use crate::headers::RequestHead;
 use crate::mismatch;
 use crate::path;
-use crate::policy::{OnMismatch, Route, TimeoutClass, UnknownRoute};
+use crate::policy::{Identity, OnMismatch, Route, TimeoutClass, UnknownRoute};
 use crate::reply::{ErrorCode, LocalReply};
 use crate::routing::{Method, RouteMatch};
 use crate::upgrade::{self, UpgradeKind};
@@ -276,7 +276,11 @@ impl Drop for EdgeGuardHttp {
 impl HttpContext for EdgeGuardHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         super::fault::on_request_headers(self.id);
-        let mut head = host::request_head();
+        let identity_header = match &self.worker.policy.websocket.identity {
+            Some(Identity::Header(name)) => Some(name.as_str()),
+            _ => None,
+        };
+        let mut head = host::request_head(identity_header);
         // Kept for every reply this stream may get, now or later: request
         // headers are out of reach after this callback.
         self.request_id = head.request_id.take();

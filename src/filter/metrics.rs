@@ -166,6 +166,9 @@ pub struct Metrics {
     /// Health transitions of any cluster, instance-wide: a worker re-reads
     /// the shared health records only when this moved.
     pub health_transitions: MetricId,
+    /// Drain requests accepted, instance-wide: a worker reads the shared
+    /// drain record only when this moved.
+    pub drain_requests: MetricId,
     rejected: [MetricId; REJECTIONS.len()],
 }
 
@@ -271,6 +274,7 @@ impl Metrics {
             } else {
                 MetricId::default()
             },
+            drain_requests: define(MetricType::Counter, &format!("{root}.drain.requests")),
             rejected,
         }
     }

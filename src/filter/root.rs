@@ -67,6 +67,8 @@ pub struct EdgeGuardRoot {
     next_probe_ms: Vec<u64>,
     next_reap_ms: u64,
     next_drain_check_ms: u64,
+    /// `drain.requests` when this worker last read the drain record.
+    drain_requests_seen: Option<u64>,
     next_session_sweep_ms: u64,
     /// Whether this root context counts in the VM's ownership (configured).
     owns: bool,
@@ -82,6 +84,7 @@ impl EdgeGuardRoot {
             next_probe_ms: Vec::new(),
             next_reap_ms: 0,
             next_drain_check_ms: 0,
+            drain_requests_seen: None,
             next_session_sweep_ms: 0,
             owns: false,
         }
@@ -205,6 +208,24 @@ impl EdgeGuardRoot {
     /// probes that are due. An idle tick costs one metric read: the records
     /// are read again only when some worker counted a health transition, and
     /// a cluster's record only when its next probe is due.
+    /// Follows a drain started on any worker. The drain endpoint counts
+    /// every drain it starts (`drain.requests`, read with `get_metric`: a
+    /// number, no copy), so the shared record is read only when that count
+    /// moved, on this root's first check, or when the count cannot be read:
+    /// an idle tick copies nothing out of shared data.
+    fn check_drain(&mut self, worker: &Worker, now_ms: u64) {
+        let requests = metrics::read(worker.metrics.drain_requests);
+        if requests.is_some() && requests == self.drain_requests_seen {
+            return;
+        }
+        if let Ok(state) = crate::drain::read(&HostStore) {
+            self.drain_requests_seen = requests;
+            if let Some(state) = state {
+                worker.follow_drain(state, now_ms);
+            }
+        }
+    }
+
     fn refresh_health(&mut self, worker: &Worker, now_ms: u64) {
         let Some(policy) = worker.policy.health.as_ref() else {
             return;
@@ -464,9 +485,7 @@ impl RootContext for EdgeGuardRoot {
         self.run_timers(&worker, now);
         if worker.drain.get().is_none() && now >= self.next_drain_check_ms {
             self.next_drain_check_ms = now.saturating_add(DRAIN_CHECK_EVERY_MS);
-            if let Ok(Some(state)) = crate::drain::read(&HostStore) {
-                worker.follow_drain(state, now);
-            }
+            self.check_drain(&worker, now);
         }
         let reaped = ownership::tick(now);
         if !reaped.is_empty() {

@@ -971,6 +971,27 @@ mod tests {
     }
 
     #[test]
+    fn rate_refill_after_a_backwards_clock_starts_from_the_latest_time() {
+        // A message seen at an earlier time (the clock stepped back) does not
+        // move the refill mark back: returning to the latest time refills
+        // nothing.
+        let l = rate_limit(2);
+        let mut m = ConnectionMonitor::new(10_000);
+        let msg = sf(true, Opcode::Binary, b"x");
+        let mut two = msg.clone();
+        two.extend(msg.clone());
+        assert_eq!(feed(&mut m, &l, U2C, &two, 10_000), Verdict::Pass);
+        assert_eq!(
+            feed(&mut m, &l, C2U, &cf(true, Opcode::Binary, b"x"), 5_000),
+            Verdict::Pass
+        );
+        assert_eq!(
+            feed(&mut m, &l, U2C, &msg, 10_000),
+            closed(CloseReason::RateLimited, 0)
+        );
+    }
+
+    #[test]
     fn rate_zero_rejects_the_first_message() {
         let l = rate_limit(0);
         let mut m = ConnectionMonitor::new(0);

@@ -742,6 +742,72 @@ mod tests {
     }
 
     #[test]
+    fn holdings_are_empty_only_when_every_count_is() {
+        assert!(Holdings::default().is_empty());
+        let one = |f: &dyn Fn(&mut Holdings)| {
+            let mut h = Holdings::default();
+            f(&mut h);
+            h.is_empty()
+        };
+        assert!(!one(&|h| h.instance = 1));
+        assert!(!one(&|h| {
+            h.routes.insert("chat".into(), 1);
+        }));
+        assert!(!one(&|h| {
+            h.users.insert("ann".into(), 1);
+        }));
+    }
+
+    #[test]
+    fn an_owner_shows_what_it_holds() {
+        let s = store();
+        let mut o = Owner::register(&s, 0).unwrap();
+        let a = admit(&s, "chat", Some("ann"));
+        o.acquired(&s, &a, 0).unwrap();
+        assert_eq!(o.holdings().instance, 1);
+        assert_eq!(o.holdings().routes["chat"], 1);
+        assert_eq!(o.holdings().users["ann"], 1);
+    }
+
+    #[test]
+    fn an_owner_still_holding_slots_keeps_its_ledger_at_retirement() {
+        let s = store();
+        let mut o = Owner::register(&s, 0).unwrap();
+        o.acquired(&s, &admit(&s, "chat", None), 0).unwrap();
+        o.retire(&s).unwrap();
+        let reaped = reap(&s, STALE_AFTER_MS, None).unwrap();
+        assert_eq!(reaped.len(), 1, "its streams may outlive the plugin");
+        assert_eq!(instance(&s), 0);
+    }
+
+    #[test]
+    fn a_counter_left_empty_reads_as_zero() {
+        let s = store();
+        s.set(GENERATION_KEY, b"", 0).unwrap();
+        s.set(POOL_SIZE_KEY, b"", 0).unwrap();
+        assert_eq!(reap(&s, STALE_AFTER_MS, None).unwrap(), vec![]);
+        let o = Owner::register(&s, 0).unwrap();
+        assert_eq!(o.generation(), 1);
+        assert_eq!(o.key, ledger_key(0));
+    }
+
+    #[test]
+    fn ownership_errors_are_readable() {
+        assert_eq!(
+            OwnershipError::PoolFull.to_string(),
+            "all 1024 slot-ownership ledgers are held by live VMs"
+        );
+        assert_eq!(
+            OwnershipError::Contention.to_string(),
+            "shared data contention, gave up"
+        );
+        assert_eq!(
+            OwnershipError::from(StoreError::MissingKey).to_string(),
+            StoreError::MissingKey.to_string()
+        );
+    }
+
+    #[test]
     fn the_other_process_share_is_the_merged_gauge_minus_ours() {
         assert_eq!(held_elsewhere(10, 5), 5);
         assert_eq!(held_elsewhere(3, 5), 0, "never negative");

@@ -1192,6 +1192,39 @@ mod tests {
     }
 
     #[test]
+    fn a_zero_entry_in_a_shard_is_dropped_at_its_next_write() {
+        let s = store();
+        let key = user_shard_key(user_shard("bob"));
+        let mut left_over = vec![SHARD_FORMAT_VERSION];
+        push_entry(&mut left_over, b"ghost", 0).unwrap();
+        s.set(&key, &left_over, 0).unwrap();
+        let mut r = req("chat", Some("bob"));
+        r.user_limit = Some(5);
+        let a = try_acquire(&s, &r).unwrap();
+        let mut only_bob = vec![SHARD_FORMAT_VERSION];
+        push_entry(&mut only_bob, b"bob", 1).unwrap();
+        assert_eq!(s.value(&key).unwrap(), only_bob);
+        release(&s, a).unwrap();
+        assert_eq!(s.value(&key).unwrap(), vec![SHARD_FORMAT_VERSION]);
+
+        s.set(&key, &left_over, 0).unwrap();
+        adjust_user(&s, "bob", 1).unwrap();
+        assert_eq!(s.value(&key).unwrap(), only_bob);
+    }
+
+    #[test]
+    fn bulk_user_changes_leave_no_zero_entry() {
+        let s = store();
+        adjust_user(&s, "bob", 2).unwrap();
+        assert_eq!(user_count(&s, "bob").unwrap(), 2);
+        adjust_user(&s, "bob", -5).unwrap();
+        assert_eq!(user_count(&s, "bob").unwrap(), 0);
+        assert_eq!(shard_bytes_total(&s).unwrap(), N_SHARDS as usize);
+        adjust_user(&s, "ann", -1).unwrap();
+        assert_eq!(shard_bytes_total(&s).unwrap(), N_SHARDS as usize);
+    }
+
+    #[test]
     fn rejection_display_is_readable() {
         assert_eq!(
             Rejection::UserLimit.to_string(),

@@ -221,6 +221,36 @@ fn the_budget_passed_downstream_is_the_remaining_one() {
     );
 }
 
+/// Why the egress listener needs `internal_address_config`: Envoy itself
+/// removes `x-envoy-expected-rq-timeout-ms` from a caller it does not treat
+/// as internal, before any filter runs, so such a caller's budget is never
+/// inherited (the call gets its destination's class). The same caller,
+/// listed as internal, passes its budget on (the test above).
+#[test]
+fn envoy_strips_a_forwarded_budget_from_callers_it_does_not_treat_as_internal() {
+    let course = Upstream::start("course_service");
+    let envoy = Envoy::builder(egress_policy()).upstream(&course).start();
+    let resp = envoy.request(
+        call("course.internal", "/api/courses/7").header("x-envoy-expected-rq-timeout-ms", "1200"),
+    );
+    assert_eq!(
+        upstream_saw(&resp, "x-envoy-expected-rq-timeout-ms").as_deref(),
+        Some("10000"),
+        "an external caller's 1200 ms budget must not reach edge-guard: the callee is told the class"
+    );
+    // A spent budget from an external caller is not seen either: the call
+    // goes through under its class instead of being refused.
+    let resp = envoy.request(
+        call("course.internal", "/api/courses/7").header("x-envoy-expected-rq-timeout-ms", "0"),
+    );
+    assert_eq!(
+        upstream_saw(&resp, "x-envoy-expected-rq-timeout-ms").as_deref(),
+        Some("10000"),
+        "{resp:?}"
+    );
+    assert_eq!(course.requests(), 2);
+}
+
 #[test]
 fn a_spent_budget_is_refused_at_once_without_reaching_the_upstream() {
     let sms = Upstream::start("sms_api");

@@ -401,6 +401,9 @@ fn drain_closes_every_websocket_with_1001_spread_over_the_period() {
     // A second POST (a retried hook) keeps the first drain.
     let again = envoy.request(Request::post(DRAIN)).json();
     assert_eq!(again["drain"]["started_ms"], doc["drain"]["started_ms"]);
+    // Each accepted request is counted: the other worker follows the drain
+    // when it sees this counter move (its idle ticks read no shared data).
+    assert_eq!(stat(&envoy, "edge_guard.drain.requests"), 2);
 
     let mut closed_after = Vec::new();
     for client in clients {

@@ -99,7 +99,7 @@ impl EdgeGuardHttp {
                 self.upgrade(id, route, class, head, held)
             }
             Plan::PollingHandshake => {
-                let admission = match self.acquire_slot(id, route) {
+                let admission = match self.acquire_slot(id, route, head) {
                     Ok(admission) => admission,
                     Err(action) => return action,
                 };

@@ -55,17 +55,19 @@ impl EdgeGuardHttp {
         self.worker.now_ms.set(now);
         let admission = match held {
             Some(admission) => admission,
-            None => match self.acquire_slot(id, route) {
+            None => match self.acquire_slot(id, route, head) {
                 Ok(admission) => admission,
                 Err(action) => return action,
             },
         };
-        self.open_websocket(id, admission, Deadline::start(class, now), now)
+        let deadline = Deadline::start(class, now);
+        self.open_websocket(id, admission, deadline, now, head.websocket_extensions)
     }
 
-    fn identity(&self) -> Option<String> {
+    fn identity(&self, head: &RequestHead) -> Option<String> {
         match self.worker.policy.websocket.identity.as_ref()? {
-            Identity::Header(name) => host::request_header(name),
+            // Taken from the header map read once (`host::request_head`).
+            Identity::Header(_) => head.identity.clone(),
             Identity::Jwt {
                 metadata_namespace,
                 payload_key,
@@ -87,11 +89,12 @@ impl EdgeGuardHttp {
         &mut self,
         id: usize,
         route: &Route,
+        head: &RequestHead,
     ) -> Result<slots::Admission, Action> {
         let worker = Rc::clone(&self.worker);
         let ws = &worker.policy.websocket;
         let route_metrics = worker.metrics.route(id);
-        let user = self.identity();
+        let user = self.identity(head);
         if user.is_none() && ws.require_identity {
             if let Some(m) = route_metrics {
                 metrics::increment(m.ws_rejected(ErrorCode::IdentityRequired), 1);
@@ -152,11 +155,14 @@ impl EdgeGuardHttp {
         admission: slots::Admission,
         deadline: Deadline,
         now: u64,
+        offered_extensions: bool,
     ) -> Action {
         let worker = Rc::clone(&self.worker);
         let ws = &worker.policy.websocket;
-        if !compression::keep_offer(&ws.connection) {
+        if offered_extensions && !compression::keep_offer(&ws.connection) {
             // max_message_bytes counts real message bytes: nothing compressed.
+            // (Removed only when sent: a removal makes Envoy index the header
+            // map for the rest of the connection.)
             host::set_request_header("sec-websocket-extensions", None);
         }
         let watched = Rc::new(std::cell::RefCell::new(Watched {
@@ -273,15 +279,15 @@ impl EdgeGuardHttp {
         if ws.phase != WsPhase::Upgrading {
             return false;
         }
-        if host::response_header(":status").as_deref() == Some("101") {
+        let answer = host::upgrade_answer();
+        if answer.switched {
             let now = host::now_ms();
             self.worker.now_ms.set(now);
             ws.phase = WsPhase::Open;
             ws.monitor = ConnectionMonitor::new(now);
-            let accepted = host::response_header("sec-websocket-extensions");
             if compression::allowed(
                 &self.worker.policy.websocket.connection,
-                accepted.as_deref(),
+                answer.extensions.as_deref(),
             ) {
                 ws.monitor.allow_compressed_messages();
             }
