@@ -463,6 +463,24 @@ fn websocket_upgrade_filters_without_edge_guard_bypass_it() {
 }
 
 #[test]
+fn websocket_upgrade_filters_must_run_edge_guard_before_the_router() {
+    let mut envoy = good();
+    hcm_of(&mut envoy)["upgrade_configs"] =
+        json!([{"upgrade_type": "websocket", "filters": [wasm_filter(), router()]}]);
+    let report = check(&envoy, &policy());
+    assert!(report.findings.is_empty(), "{}", report.to_text());
+
+    hcm_of(&mut envoy)["upgrade_configs"] =
+        json!([{"upgrade_type": "websocket", "filters": [router(), wasm_filter()]}]);
+    let f = only(&check(&envoy, &policy()), "filter_after_router");
+    assert!(
+        f.message.contains("websocket upgrade_configs") && f.message.contains("(filters[1])"),
+        "{}",
+        f.message
+    );
+}
+
+#[test]
 fn a_listener_without_the_filter_that_reaches_policy_clusters_is_a_bypass() {
     let mut envoy = good();
     let mut plain = hcm_with(envoy_routes());

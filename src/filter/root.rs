@@ -3,11 +3,11 @@
 //! Owns configuration (parse → compile once → share), the tick that enforces
 //! deadlines and WebSocket timers, the health probes and the slot reaper.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::rc::Rc;
 use std::time::Duration;
 
+use hashbrown::HashMap;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel, MapType};

@@ -8,8 +8,10 @@
 
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::rc::Rc;
+
+use hashbrown::HashMap;
 
 use crate::deadline::{Deadline, DeadlineHit, Phase};
 use crate::drain::{self, DrainState};
@@ -285,7 +287,8 @@ impl Worker {
             .filter(|(_, w)| matches!(w.borrow().kind, WatchKind::WebSocket(_)))
             .map(|(id, w)| (*id, Rc::clone(w)))
             .collect();
-        held.sort_by_key(|(id, _)| *id);
+        // Ids are unique: unstable gives the same order, in less wasm.
+        held.sort_unstable_by_key(|(id, _)| *id);
         let times = drain::close_times(&state, held.len(), now_ms);
         for ((id, watched), at) in held.into_iter().zip(times) {
             if let WatchKind::WebSocket(ws) = &mut watched.borrow_mut().kind {

@@ -7,8 +7,6 @@
 //! one place. (Hand-written rather than derived: a derive plus path tracking
 //! cost ~80 KB of wasm, a quarter of the filter.)
 
-use std::collections::BTreeMap;
-
 use serde_json::{Map, Value};
 
 use super::duration::{parse_duration, Millis};
@@ -113,7 +111,10 @@ pub enum UnknownRoute {
 
 #[derive(Debug, Clone)]
 pub struct TimeoutsConfig {
-    pub classes: BTreeMap<String, TimeoutClassConfig>,
+    /// By name, in name order, each name once (a JSON object's keys: serde_json's
+    /// `Map` is sorted). A `Vec`, not a map: only ever iterated, and a
+    /// `BTreeMap` of these cost ~7 KB of wasm for its bulk build and sort.
+    pub classes: Vec<(String, TimeoutClassConfig)>,
     pub default_class: String,
     pub load_balancer_idle_timeout: Option<Millis>,
     pub load_balancer_margin: Millis,
@@ -130,11 +131,11 @@ impl Default for TimeoutsConfig {
     }
 }
 
-fn default_classes() -> BTreeMap<String, TimeoutClassConfig> {
-    BTreeMap::from([(
+fn default_classes() -> Vec<(String, TimeoutClassConfig)> {
+    vec![(
         "standard".to_string(),
         TimeoutClassConfig::Single(Millis(30_000)),
-    )])
+    )]
 }
 
 fn default_class_name() -> String {
@@ -622,7 +623,7 @@ impl TimeoutsConfig {
                     };
                     Ok((name.clone(), parsed))
                 })
-                .collect::<Result<BTreeMap<_, _>, ConfigError>>()?,
+                .collect::<Result<Vec<_>, ConfigError>>()?,
         };
         Ok(TimeoutsConfig {
             classes,

@@ -9,8 +9,10 @@ pub mod cidr;
 pub mod config;
 pub mod duration;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
+
+use hashbrown::HashMap;
 
 pub use cidr::Cidr;
 pub use config::{Direction, OnMismatch, PolicyConfig, UnknownRoute};
@@ -483,6 +485,8 @@ pub fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
         ),
     };
 
+    // hashbrown's map (unlike std's) may not outlive what its keys borrow.
+    drop(class_index);
     Ok(Policy {
         direction: config.direction,
         routes,
@@ -616,10 +620,11 @@ fn compile_drain_period(config: &PolicyConfig) -> Result<Millis, ConfigError> {
 }
 
 fn class_names(classes: &[TimeoutClass]) -> String {
+    // Owned strings, as the other error lists join: one `join` in the wasm.
     classes
         .iter()
-        .map(|c| c.name.as_str())
-        .collect::<Vec<_>>()
+        .map(|c| c.name.clone())
+        .collect::<Vec<String>>()
         .join(", ")
 }
 
