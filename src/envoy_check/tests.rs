@@ -1266,3 +1266,56 @@ fn an_empty_envoy_prefix_is_checked_as_slash() {
         report.to_text()
     );
 }
+
+#[test]
+fn an_envoy_route_for_a_method_the_policy_route_refuses_is_not_in_policy() {
+    let mut routes = envoy_routes();
+    routes.as_array_mut().unwrap().insert(
+        0,
+        json!({"match": {"prefix": "/api/courses", "headers": [{"name": ":method", "string_match": {"exact": "DELETE"}}]},
+               "route": {"cluster": "course_service"}}),
+    );
+    let report = check(&bootstrap_with(hcm_with(routes)), &policy());
+    let f = only(&report, "envoy_route_not_in_policy");
+    assert!(
+        f.envoy_object
+            .as_deref()
+            .unwrap_or_default()
+            .contains("routes[0]"),
+        "{}",
+        report.to_text()
+    );
+    assert!(f.message.contains("DELETE /api/courses"), "{}", f.message);
+}
+
+#[test]
+fn a_route_behind_an_undecided_regex_is_not_called_shadowed() {
+    let mut routes = envoy_routes();
+    routes.as_array_mut().unwrap().insert(
+        0,
+        json!({"match": {"prefix": "/api"}, "route": {"cluster": "course_service"}}),
+    );
+    let report = check(&bootstrap_with(hcm_with(routes.clone())), &policy());
+    assert_eq!(findings(&report, "envoy_route_shadowed").len(), 1);
+
+    routes.as_array_mut().unwrap().insert(
+        0,
+        json!({"match": {"safe_regex": {"regex": "(?i)/nothing.*"}}, "route": {"cluster": "course_service"}}),
+    );
+    let report = check(&bootstrap_with(hcm_with(routes)), &policy());
+    assert!(
+        findings(&report, "envoy_route_shadowed").is_empty(),
+        "{}",
+        report.to_text()
+    );
+}
+
+#[test]
+fn regex_not_simulated_names_the_undecided_envoy_route() {
+    let mut routes = envoy_routes();
+    routes[0]["match"] = json!({"safe_regex": {"regex": "(?i)/api/courses.*"}});
+    let report = check(&bootstrap_with(hcm_with(routes)), &policy());
+    let f = findings(&report, "regex_not_simulated");
+    assert!(!f.is_empty(), "{}", report.to_text());
+    assert!(f[0].message.contains("routes[0]"), "{}", f[0].message);
+}
