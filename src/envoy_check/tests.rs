@@ -1193,3 +1193,129 @@ fn route_stats_everywhere_nowhere_or_the_histogram_on_are_fine() {
     with_histogram["metrics"] = json!({"request_duration": true});
     assert!(findings(&check(&envoy, &with_histogram), "route_stats_missing").is_empty());
 }
+
+#[test]
+fn websocket_not_upgradeable_says_whether_the_hcm_disables_or_lacks_the_upgrade() {
+    let mut routes = envoy_routes();
+    routes[1]["route"] = json!({"cluster": "event_service"});
+    let mut envoy = bootstrap_with(hcm_with(routes));
+    let f = only(&check(&envoy, &policy()), "websocket_not_upgradeable");
+    assert!(f.message.contains("neither"), "{}", f.message);
+
+    hcm_of(&mut envoy)["upgrade_configs"] =
+        json!([{"upgrade_type": "websocket", "enabled": false}]);
+    let f = only(&check(&envoy, &policy()), "websocket_not_upgradeable");
+    assert!(
+        f.message
+            .contains("has upgrade_configs websocket with enabled: false"),
+        "{}",
+        f.message
+    );
+}
+
+#[test]
+fn websocket_timeouts_equal_to_the_policy_limits_do_not_cut() {
+    let mut envoy = good();
+    hcm_of(&mut envoy)["route_config"]["virtual_hosts"][0]["routes"][1]["route"]["idle_timeout"] =
+        json!("60s");
+    assert!(findings(&check(&envoy, &policy()), "websocket_idle_cut").is_empty());
+
+    let mut envoy = good();
+    hcm_of(&mut envoy)["common_http_protocol_options"] = json!({"max_stream_duration": "7200s"});
+    let mut p = policy();
+    p["websocket"]["max_duration"] = json!("2h");
+    assert!(findings(&check(&envoy, &p), "websocket_idle_cut").is_empty());
+}
+
+#[test]
+fn a_bypass_names_each_policy_cluster_it_reaches_once() {
+    let mut envoy = good();
+    let mut routes = envoy_routes();
+    routes.as_array_mut().unwrap().extend([
+        json!({"match": {"prefix": "/api/courses/v2"}, "route": {"cluster": "course_service"}}),
+        json!({"match": {"prefix": "/other"}, "route": {"cluster": "other_service"}}),
+    ]);
+    let mut plain = hcm_with(routes);
+    plain["http_filters"] = json!([router()]);
+    envoy["static_resources"]["listeners"]
+        .as_array_mut()
+        .unwrap()
+        .push(listener("plain_http", plain));
+    let f = only(&check(&envoy, &policy()), "filter_missing");
+    assert!(
+        f.message
+            .contains("cluster(s) \"course_service\", \"event_service\", so"),
+        "{}",
+        f.message
+    );
+}
+
+#[test]
+fn an_empty_envoy_prefix_is_checked_as_slash() {
+    let mut routes = envoy_routes();
+    routes.as_array_mut().unwrap().extend([
+        json!({"match": {"prefix": "/"}, "route": {"cluster": "course_service"}}),
+        json!({"match": {"prefix": ""}, "route": {"cluster": "course_service"}}),
+    ]);
+    let report = check(&bootstrap_with(hcm_with(routes)), &policy());
+    assert!(
+        findings(&report, "envoy_route_shadowed")
+            .iter()
+            .any(|f| f.message.contains("routes[3]") && f.message.contains("GET /:")),
+        "{}",
+        report.to_text()
+    );
+}
+
+#[test]
+fn an_envoy_route_for_a_method_the_policy_route_refuses_is_not_in_policy() {
+    let mut routes = envoy_routes();
+    routes.as_array_mut().unwrap().insert(
+        0,
+        json!({"match": {"prefix": "/api/courses", "headers": [{"name": ":method", "string_match": {"exact": "DELETE"}}]},
+               "route": {"cluster": "course_service"}}),
+    );
+    let report = check(&bootstrap_with(hcm_with(routes)), &policy());
+    let f = only(&report, "envoy_route_not_in_policy");
+    assert!(
+        f.envoy_object
+            .as_deref()
+            .unwrap_or_default()
+            .contains("routes[0]"),
+        "{}",
+        report.to_text()
+    );
+    assert!(f.message.contains("DELETE /api/courses"), "{}", f.message);
+}
+
+#[test]
+fn a_route_behind_an_undecided_regex_is_not_called_shadowed() {
+    let mut routes = envoy_routes();
+    routes.as_array_mut().unwrap().insert(
+        0,
+        json!({"match": {"prefix": "/api"}, "route": {"cluster": "course_service"}}),
+    );
+    let report = check(&bootstrap_with(hcm_with(routes.clone())), &policy());
+    assert_eq!(findings(&report, "envoy_route_shadowed").len(), 1);
+
+    routes.as_array_mut().unwrap().insert(
+        0,
+        json!({"match": {"safe_regex": {"regex": "(?i)/nothing.*"}}, "route": {"cluster": "course_service"}}),
+    );
+    let report = check(&bootstrap_with(hcm_with(routes)), &policy());
+    assert!(
+        findings(&report, "envoy_route_shadowed").is_empty(),
+        "{}",
+        report.to_text()
+    );
+}
+
+#[test]
+fn regex_not_simulated_names_the_undecided_envoy_route() {
+    let mut routes = envoy_routes();
+    routes[0]["match"] = json!({"safe_regex": {"regex": "(?i)/api/courses.*"}});
+    let report = check(&bootstrap_with(hcm_with(routes)), &policy());
+    let f = findings(&report, "regex_not_simulated");
+    assert!(!f.is_empty(), "{}", report.to_text());
+    assert!(f[0].message.contains("routes[0]"), "{}", f[0].message);
+}
