@@ -560,14 +560,16 @@ fn pick_virtual_host<'c>(
 // Checks 2 and 3: where requests go
 
 /// The representative requests of policy route `i` that edge-guard files
-/// under that route: its prefix and a sub-path, for each of its methods.
+/// under that route: its prefix and a sub-path, for each of its methods
+/// (every known method for a route that allows any: an Envoy route may
+/// match on `:method`). A WebSocket route is reached by `GET` only.
 fn representative_requests(
     policy: &Policy,
     i: usize,
     route: &Route,
 ) -> Vec<(&'static str, String)> {
     let host = route.host.as_ref().map(|h| h.example()).unwrap_or_default();
-    let methods: Vec<&'static str> = if route.websocket || route.methods.is_any() {
+    let methods: Vec<&'static str> = if route.websocket {
         vec!["GET"]
     } else {
         route.methods.names().collect()

@@ -1319,3 +1319,27 @@ fn regex_not_simulated_names_the_undecided_envoy_route() {
     assert!(!f.is_empty(), "{}", report.to_text());
     assert!(f[0].message.contains("routes[0]"), "{}", f[0].message);
 }
+
+#[test]
+fn a_route_allowing_any_method_is_checked_for_every_method() {
+    // The policy route takes any method; Envoy answers POSTs itself before
+    // its cluster route, so a POST never reaches the cluster. Checking the
+    // route with GET only would find nothing wrong.
+    let mut p = policy();
+    p["routes"][0].as_object_mut().unwrap().remove("methods");
+    let mut routes = envoy_routes();
+    routes.as_array_mut().unwrap().insert(
+        0,
+        json!({"match": {"prefix": "/api/courses", "headers": [{"name": ":method", "string_match": {"exact": "POST"}}]},
+               "direct_response": {"status": 405}}),
+    );
+    let report = check(&bootstrap_with(hcm_with(routes)), &p);
+    let f = only(&report, "route_unrouted");
+    assert_eq!(f.policy_route.as_deref(), Some("routes[0] \"courses\""));
+    assert!(
+        f.message.contains("POST /api/courses")
+            && f.message.contains("direct_response with status 405"),
+        "{}",
+        report.to_text()
+    );
+}
