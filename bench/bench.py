@@ -10,9 +10,11 @@ however it exits.
 """
 
 import argparse
+import array
 import atexit
 import datetime
 import json
+import math
 import os
 import platform
 import re
@@ -37,6 +39,7 @@ HOST = "bench.local"
 VARIANT_LABEL = {
     "none": "Envoy, no wasm filter",
     "passthrough": "pass-through wasm filter",
+    "passthrough-b": "pass-through wasm filter, again (control: a second, identical Envoy)",
     "edge-guard": "edge-guard (50 routes)",
     "eg-10": "edge-guard, 10 routes",
     "eg-1000": "edge-guard, 1,000 routes",
@@ -326,9 +329,14 @@ def wrk(envoy, seconds, connections):
     }
 
 
-def openloop(envoy, rate, seconds):
+def openloop(envoy, rate, seconds, latencies=None):
+    """One open-loop run; with `latencies` (a list), every completed request's
+    latency in µs is appended to it, so that rounds can be pooled."""
     cmd = [OPENLOOP, "--target", f"127.0.0.1:{envoy.port}", "--rate", str(rate),
            "--duration", str(seconds), "--connections", "64", "--host", HOST]
+    lat_path = os.path.join(RUN_DIR, f"{envoy.name}.latencies")
+    if latencies is not None:
+        cmd += ["--latencies", lat_path]
     for p in gen.request_paths():
         cmd += ["--path", p]
     watch = Interference(envoy)
@@ -339,7 +347,24 @@ def openloop(envoy, rate, seconds):
     r["other_cpu_share"] = watch.share()
     r["cpu_us_per_req"] = (after - before) / CLK_TCK * 1e6 / max(r["completed"], 1)
     r["errors"] = r["errors"] + r["unfinished"]
+    if latencies is not None:
+        with open(lat_path, "rb") as f:
+            latencies.extend(array.array("I", f.read()))
+        os.remove(lat_path)
     return r
+
+
+def pooled_percentiles(latencies):
+    """p50, p99, p99.9 and max of every request of every round together."""
+    ordered = sorted(latencies)
+
+    def pct(q):
+        if not ordered:
+            return 0
+        return ordered[min(len(ordered), max(1, math.ceil(q * len(ordered)))) - 1]
+
+    return {"p50_us": pct(0.5), "p99_us": pct(0.99), "p999_us": pct(0.999),
+            "max_us": ordered[-1] if ordered else 0, "requests": len(ordered)}
 
 
 def check_first_request(envoy):
@@ -379,29 +404,72 @@ def check_edge_guard_stats(envoy, variant):
             "histogram_wanted": wanted}
 
 
+def http_envoy(v, policies, dispatcher_stats=False):
+    """The loopback-upstream Envoy of variant `v` (not started yet)."""
+    if v in ("none", "passthrough", "passthrough-b"):
+        flt = gen.variant_filter(v.removesuffix("-b"), EDGE_GUARD_WASM, PASSTHROUGH_WASM)
+    else:
+        flt = gen.variant_filter("edge-guard", EDGE_GUARD_WASM, PASSTHROUGH_WASM,
+                                 gen.policy(policies[v], request_duration=v in HISTOGRAM_VARIANTS))
+    config = gen.envoy_config(flt)
+    if dispatcher_stats:
+        # Envoy's own event-loop histograms (each loop iteration's duration):
+        # what a filter's longest piece of work could add to a request's wait.
+        config["enable_dispatcher_stats"] = True
+    return Envoy(f"http-{v}" + ("-open" if dispatcher_stats else ""), config, 1)
+
+
+def start_http_envoys(cfg, envoys, results=None):
+    for v, envoy in envoys.items():
+        started = time.time()
+        envoy.wait_ready()
+        check_first_request(envoy)
+        wrk(envoy, cfg["warmup_s"], cfg["wrk_connections"])
+        if results is not None:
+            results.setdefault("startup_s", {})[v] = round(time.time() - started, 1)
+            results.setdefault("rss_idle_kib", {})[v] = envoy.rss_kib()
+        envoy.pause()
+
+
+def finish_http_envoys(envoys, policies, results):
+    """Every response was a 2xx, edge-guard agreed with Envoy's routing and
+    rejected nothing; then stops the Envoys."""
+    for v in envoys:
+        envoys[v].resume()
+    checks = results.setdefault("edge_guard_checks", {})
+    for v in envoys:
+        if v in policies:
+            checks.setdefault(v, check_edge_guard_stats(envoys[v], v))
+        codes = envoys[v].stats(r"^http\.edge\.downstream_rq_[1-5]xx$")
+        bad = sum(n for name, n in codes.items() if not name.endswith("2xx") and isinstance(n, int))
+        if bad:
+            PROBLEMS.append(f"{v}: Envoy counted {bad} non-2xx downstream responses")
+        envoys[v].stop()
+
+
+def worker_loop_quantiles(envoy):
+    """Cumulative quantiles of the worker's event-loop iteration duration, µs."""
+    regex = urllib.request.quote(r"worker_0\.dispatcher\.loop_duration_us$")
+    _, body = http_get(f"http://{envoy.admin}/stats?filter={regex}&format=json")
+    for h in json.loads(body).get("stats", []):
+        hist = h.get("histograms")
+        if not hist:
+            continue
+        for computed in hist.get("computed_quantiles", []):
+            return {q: v.get("cumulative") for q, v in zip(hist["supported_quantiles"], computed["values"])}
+    return {}
+
+
 def http_loopback(cfg, results):
-    """Closed loop for six variants (none, pass-through, edge-guard at 50,
-    10, 1,000 and 10,000 routes), then open loop for the first three."""
+    """Closed loop for seven variants (none, pass-through, edge-guard at 50
+    routes with and without its histogram, at 10, 1,000 and 10,000 routes),
+    then the open loop for none, pass-through twice and edge-guard, on fresh
+    Envoys with Envoy's dispatcher stats on."""
     variants = ["none", "passthrough", "edge-guard", "eg-hist", "eg-10", "eg-1000", "eg-10000"]
     policies = {"edge-guard": 50, "eg-hist": 50, "eg-10": 10, "eg-1000": 1000, "eg-10000": 10_000}
-    envoys = {}
     log(f"HTTP, loopback upstream: starting {len(variants)} Envoys (--concurrency 1)")
-    for v in variants:
-        if v in ("none", "passthrough"):
-            flt = gen.variant_filter(v, EDGE_GUARD_WASM, PASSTHROUGH_WASM)
-        else:
-            flt = gen.variant_filter("edge-guard", EDGE_GUARD_WASM, PASSTHROUGH_WASM,
-                                     gen.policy(policies[v],
-                                                request_duration=v in HISTOGRAM_VARIANTS))
-        envoys[v] = Envoy(f"http-{v}", gen.envoy_config(flt), 1)
-    for v in variants:
-        started = time.time()
-        envoys[v].wait_ready()
-        check_first_request(envoys[v])
-        wrk(envoys[v], cfg["warmup_s"], cfg["wrk_connections"])
-        results.setdefault("startup_s", {})[v] = round(time.time() - started, 1)
-        results.setdefault("rss_idle_kib", {})[v] = envoys[v].rss_kib()
-        envoys[v].pause()
+    envoys = {v: http_envoy(v, policies) for v in variants}
+    start_http_envoys(cfg, envoys, results)
 
     closed = results.setdefault("closed", {v: [] for v in variants})
     for rnd in range(cfg["rounds"]):
@@ -413,32 +481,33 @@ def http_loopback(cfg, results):
             envoys[v].pause()
             record_problems("closed", v, r)
             closed[v].append(r)
+    finish_http_envoys(envoys, policies, results)
 
     eg_rps = statistics.median(r["rps"] for r in closed["edge-guard"])
     rate = max(100, int(eg_rps * cfg["open_fraction"]) // 100 * 100)
     results["open_rate"] = rate
-    open_variants = ["none", "passthrough", "edge-guard"]
+    # The control, "passthrough-b", is a second Envoy identical to the
+    # pass-through one: its ratio to the first is what the run can resolve.
+    open_variants = ["none", "passthrough", "passthrough-b", "edge-guard"]
+    log(f"HTTP open loop: starting {len(open_variants)} Envoys with dispatcher stats")
+    envoys = {v: http_envoy(v, policies, dispatcher_stats=True) for v in open_variants}
+    start_http_envoys(cfg, envoys)
     opened = results.setdefault("open", {v: [] for v in open_variants})
+    pooled = {v: [] for v in open_variants}
     for rnd in range(cfg["open_rounds"]):
         log(f"open loop at {rate} req/s, round {rnd + 1}/{cfg['open_rounds']}")
         for v in open_variants:
             envoys[v].resume()
             openloop(envoys[v], rate, cfg["run_warmup_s"])
-            r = openloop(envoys[v], rate, cfg["open_s"])
+            r = openloop(envoys[v], rate, cfg["open_s"], pooled[v])
             envoys[v].pause()
             record_problems("open", v, r)
             opened[v].append(r)
-
-    for v in variants:
+    results["open_pooled"] = {v: pooled_percentiles(pooled[v]) for v in open_variants}
+    for v in open_variants:
         envoys[v].resume()
-    results["edge_guard_checks"] = {
-        v: check_edge_guard_stats(envoys[v], v) for v in variants if v in policies}
-    for v in variants:
-        codes = envoys[v].stats(r"^http\.edge\.downstream_rq_[1-5]xx$")
-        bad = sum(n for name, n in codes.items() if not name.endswith("2xx") and isinstance(n, int))
-        if bad:
-            PROBLEMS.append(f"{v}: Envoy counted {bad} non-2xx downstream responses")
-        envoys[v].stop()
+        results["open_pooled"][v]["worker_loop_us"] = worker_loop_quantiles(envoys[v])
+    finish_http_envoys(envoys, policies, results)
 
 
 def http_upstream(cfg, results):
@@ -680,12 +749,17 @@ def report(cfg, results, meta):
     add(f"| 10,000 routes ≤ 1.1 × 10 routes (Envoy CPU per request) | "
         f"{scale_total:.3f} × ({med(cpu_of['eg-10000']):.1f} vs {med(cpu_of['eg-10']):.1f} µs/request) | "
         f"{verdict(scale_total <= 1.1)} |")
+    # Tail ratios: percentiles of every request of every round pooled (one
+    # round's p99.9 is its ~10th-worst request), beside the same ratio between
+    # two identical pass-through Envoys, which shows what the run can resolve.
+    pooled = R["open_pooled"]
     for key, label in (("p99_us", "p99"), ("p999_us", "p99.9")):
-        eg_p = med([r[key] for r in opened["edge-guard"]])
-        pt_p = med([r[key] for r in opened["passthrough"]])
+        eg_p, pt_p, ctl_p = (pooled[v][key] for v in ("edge-guard", "passthrough", "passthrough-b"))
         rel = eg_p / pt_p if pt_p > 0 else float("inf")
+        ctl = ctl_p / pt_p if pt_p > 0 else float("inf")
         add(f"| open-loop {label} at {int(cfg['open_fraction'] * 100)} % load ≤ 1.15 × the pass-through filter's | "
-            f"{rel:.2f} × ({eg_p:,.0f} vs {pt_p:,.0f} µs) | {verdict(rel <= 1.15)} |")
+            f"{rel:.2f} × ({eg_p:,.0f} vs {pt_p:,.0f} µs, all {cfg['open_rounds']} rounds' requests pooled); "
+            f"control, a second identical pass-through Envoy: {ctl:.2f} × | {verdict(rel <= 1.15)} |")
     add(f"| edge-guard's own Envoy RSS per open WebSocket above the pass-through filter's ≤ 400 B, from {small_n:,} to {big_n:,} connections | "
         f"{fmt(own, 0)} B (above no filter: {fmt(attributable, 0)} B; the pass-through filter alone: "
         f"{fmt(floor, 0)} B) | {verdict(med(own) <= 400)} |")
@@ -735,6 +809,27 @@ def report(cfg, results, meta):
         busy = med(cpu) * R["open_rate"] / 1e6 * 100
         add(f"| {VARIANT_LABEL[v]} | {cell('p50_us')} | {cell('p99_us')} | {cell('p999_us')} | "
             f"{cell('max_us')} | {fmt(cpu, 2)} | {a} | {busy:.0f} % |")
+    add("")
+    add(f"All rounds' requests pooled (the target's figures), and each variant's p99 and p99.9 as a ratio "
+        f"to the pass-through filter's; the control is a second Envoy identical to the pass-through one, "
+        f"measured in the same rounds: its ratio is what this run's noise alone makes of two equal filters.")
+    add("")
+    add("The last two columns are Envoy's own measure of the worker's event-loop iterations "
+        "(`enable_dispatcher_stats`, cumulative over the section): how long the worker ran without "
+        "returning to its event loop, all filter work and ticks included. A request can wait behind "
+        "at most one such iteration; a latency far above them is time Envoy was not running.")
+    add("")
+    add("| variant | requests | p50 µs | p99 µs | p99.9 µs | max µs | p99 ÷ pass-through | p99.9 ÷ pass-through "
+        "| worker loop p99 µs | worker loop p99.9 µs |")
+    add("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    pt = pooled["passthrough"]
+    for v, p in pooled.items():
+        r99 = p["p99_us"] / pt["p99_us"] if pt["p99_us"] else float("inf")
+        r999 = p["p999_us"] / pt["p999_us"] if pt["p999_us"] else float("inf")
+        loop = p.get("worker_loop_us", {})
+        cell = lambda q: f"{loop[q]:,.0f}" if loop.get(q) is not None else "—"  # noqa: E731
+        add(f"| {VARIANT_LABEL[v]} | {p['requests']:,} | {p['p50_us']:,} | {p['p99_us']:,} | "
+            f"{p['p999_us']:,} | {p['max_us']:,} | {r99:.2f} | {r999:.2f} | {cell(99)} | {cell(99.9)} |")
     add("")
 
     # Real upstream
@@ -840,7 +935,7 @@ def report(cfg, results, meta):
 # ---------------------------------------------------------------- main
 
 FULL = {
-    "smoke": False, "rounds": 10, "open_rounds": 5, "warmup_s": 2, "run_warmup_s": 1,
+    "smoke": False, "rounds": 10, "open_rounds": 10, "warmup_s": 2, "run_warmup_s": 1,
     "closed_s": 3, "open_s": 8,
     "open_fraction": 0.3, "wrk_connections": 32, "upstream_rounds": 5,
     "hold_rounds": 3, "ws_warmup": 20, "echo_rounds": 3, "echo_s": 5,

@@ -8,10 +8,13 @@
 //!
 //! One thread, non-blocking sockets and epoll; the loop busy-polls when the
 //! next request is due within 2 ms, so run it pinned to a core of its own.
-//! Prints one JSON object on stdout.
+//! Prints one JSON object on stdout; with `--latencies FILE`, also writes every
+//! completed request's latency (µs, u32 little-endian, sorted) to FILE, so that
+//! runs can be pooled.
 //!
 //! usage: openloop --target 127.0.0.1:PORT --rate RPS --duration SECS
 //!                 [--connections N] [--path /a --path /b ...] [--host HOST]
+//!                 [--latencies FILE]
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
@@ -31,12 +34,13 @@ struct Args {
     connections: usize,
     paths: Vec<String>,
     host: String,
+    latencies: Option<String>,
 }
 
 fn usage(problem: &str) -> ! {
     eprintln!("openloop: {problem}");
     eprintln!(
-        "usage: openloop --target HOST:PORT --rate RPS --duration SECS [--connections N] [--path P]... [--host H]"
+        "usage: openloop --target HOST:PORT --rate RPS --duration SECS [--connections N] [--path P]... [--host H] [--latencies FILE]"
     );
     exit(2);
 }
@@ -49,6 +53,7 @@ fn parse_args() -> Args {
         connections: 64,
         paths: Vec::new(),
         host: "bench.local".to_string(),
+        latencies: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -69,6 +74,7 @@ fn parse_args() -> Args {
             }
             "--path" => args.paths.push(value()),
             "--host" => args.host = value(),
+            "--latencies" => args.latencies = Some(value()),
             other => usage(&format!("unknown argument {other}")),
         }
     }
@@ -301,6 +307,13 @@ fn main() {
         .saturating_duration_since(start)
         .as_secs_f64();
     latencies.sort_unstable();
+    if let Some(path) = &args.latencies {
+        let bytes: Vec<u8> = latencies.iter().flat_map(|l| l.to_le_bytes()).collect();
+        if let Err(e) = std::fs::write(path, bytes) {
+            eprintln!("openloop: cannot write {path}: {e}");
+            exit(1);
+        }
+    }
     let mean = if latencies.is_empty() {
         0.0
     } else {
