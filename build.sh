@@ -110,9 +110,11 @@ cmd_ci_deps() {
 # wasm-opt shrinks a module by ~15% (rustc cannot do whole-module wasm
 # passes); the features are the ones rustc's wasm32-wasip1 output uses. The
 # benchmark post-processes its pass-through filter with this same function.
+# -Oz, to a fixed point (--converge: 0.6 KB more), for size: on edge-guard's
+# "z" build it costs no more instructions per request than -O3 (BENCHMARKS.md).
 optimise_wasm() {
   ensure_wasm_opt
-  wasm-opt -O3 --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+  wasm-opt -Oz --converge --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
     --enable-nontrapping-float-to-int "$1" -o "$2"
 }
 
