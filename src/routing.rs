@@ -136,7 +136,7 @@ pub struct RouteTable {
 /// `/` has none; a trailing `/` adds one empty segment on paths, which no
 /// prefix has, so `/api/` still matches the prefix `/api`.
 fn segments(path: &str) -> impl Iterator<Item = &str> {
-    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let path = crate::path::path_part(path);
     let path = path.strip_prefix('/').unwrap_or(path);
     path.split('/').filter({
         let mut first = true;
