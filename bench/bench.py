@@ -897,7 +897,8 @@ def report(cfg, results, meta):
             f"{fmt(cpu, 2)} | {busy:.0f} % |")
     add("")
 
-    add("## Wasm binaries (release profile: lto, codegen-units 1, opt-level \"s\", strip; "
+    add("## Wasm binaries (release profile: lto, codegen-units 1, strip; opt-level \"z\" for edge-guard, "
+        "\"s\" for the pass-through filter (its cheapest); "
         f"post-processing: {meta['wasm_post']})")
     add("")
     add("| file | bytes |")

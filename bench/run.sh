@@ -36,15 +36,15 @@ fi
 # edge-guard exactly as shipped (build.sh's build, post-processing included).
 "$ROOT/build.sh" build
 log "building the pass-through filter, the demo upstream and the load clients"
-# Standalone crates (own [workspace]): the pass-through filter with the same
-# release profile as edge-guard, and the load clients.
+# Standalone crates (own [workspace]): the pass-through filter (edge-guard's
+# release profile but opt-level "s", its cheapest), and the load clients.
 PASSTHROUGH="$WORK/target-passthrough/wasm32-wasip1/release/passthrough.wasm"
 cargo build --quiet --release --target wasm32-wasip1 \
   --manifest-path benches/passthrough/Cargo.toml --target-dir "$WORK/target-passthrough"
 # The same post-processing as edge_guard.wasm (build.sh's optimise_wasm), so
 # that both filters are built the same way.
 "$ROOT/build.sh" optimise-wasm "$PASSTHROUGH" "$WORK/passthrough.wasm"
-POST="wasm-opt -O3"
+POST="wasm-opt -Oz --converge"
 cargo build --quiet --release -p edge-guard-demo
 cargo build --quiet --release \
   --manifest-path bench/tools/Cargo.toml --target-dir "$WORK/target-tools"
