@@ -20,8 +20,9 @@
 //! generation, when it last beat, and its instance and per-route counts; each of the
 //! [`slots::N_SHARDS`] sub-ledgers `eg.own.<n>.u<k>` holds its counted users of user
 //! shard `k`, tagged with the generation. The VM keeps every sub-ledger in memory in its
-//! stored form and edits it in place. The host layer records every admission and release
-//! right after the shared counts change: the user's sub-ledger, then the head. It beats
+//! stored form and edits it in place. The host layer records every admission right after
+//! the shared counts change and every release right before (the user's sub-ledger, then
+//! the head), so a VM dying in between leaves that one count high, never low. It beats
 //! (rewrites the head) every [`HEARTBEAT_MS`]. Any live VM's reaper reads only the heads;
 //! one whose beat is older than [`STALE_AFTER_MS`] is turned into a "reaping" head by a
 //! CAS (one reaper wins and subtracts its instance and route counts), then every
@@ -33,7 +34,11 @@
 //! nothing any more. A VM that was only slow finds its head or a sub-ledger taken: it
 //! adds back exactly what its records said when the reaper took them (everything it
 //! holds but the change it was recording, if that change had not reached the record)
-//! and registers again ([`Written::Reregistered`]).
+//! and registers again ([`Written::Reregistered`]). Left inexact: the counts of a head
+//! whose reaper died between its CAS and its subtraction stay high; a sub-ledger whose
+//! write failed (a host error) is one change behind until the next beat rewrites it, and
+//! a VM reaped in that second is reaped for what it says. Heads of another format
+//! (version `1`, an older build's) are neither reaped nor reused.
 //!
 //! Formats. Head (version byte `2`): u64 LE generation, u64 LE heartbeat ms, u32 LE
 //! instance count, u16 LE route count then per route `u16 LE len, name, u32 LE count`.
