@@ -103,6 +103,7 @@ pub struct MemoryStore {
     entries: RefCell<HashMap<String, (Vec<u8>, u32)>>,
     last_cas: Cell<u32>,
     writes: Cell<u64>,
+    reads: Cell<u64>,
     before_set: RefCell<Option<BeforeSetHook>>,
 }
 
@@ -180,6 +181,11 @@ impl MemoryStore {
         self.writes.get()
     }
 
+    /// Number of reads (`get`) so far.
+    pub fn read_count(&self) -> u64 {
+        self.reads.get()
+    }
+
     fn run_hook(&self, key: &str) -> Option<StoreError> {
         // Take the hook out while it runs so it can use the store (and is not re-entered).
         let taken = self.before_set.borrow_mut().take();
@@ -195,6 +201,7 @@ impl MemoryStore {
 
 impl SharedStore for MemoryStore {
     fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        self.reads.set(self.reads.get().saturating_add(1));
         Ok(self.entries.borrow().get(key).cloned())
     }
 
@@ -339,6 +346,9 @@ mod tests {
         assert_eq!(store.keys(), vec!["k".to_owned()]);
         assert_eq!(store.total_bytes(), 2);
         assert_eq!(store.write_count(), 1);
+        assert_eq!(store.read_count(), 0);
+        let _ = dyn_store.get("k").unwrap();
+        assert_eq!(store.read_count(), 1);
     }
 
     #[test]

@@ -370,7 +370,9 @@ impl<'a> Iterator for ShardEntries<'a> {
     }
 }
 
-fn parse_entry(bytes: &[u8]) -> Option<(&[u8], u32, &[u8])> {
+/// The first entry of `bytes` (shard format, no version byte): its id, its count, and
+/// what follows it.
+pub fn parse_entry(bytes: &[u8]) -> Option<(&[u8], u32, &[u8])> {
     let (len, rest) = split_array::<2>(bytes)?;
     let len = usize::from(u16::from_le_bytes(len));
     let id = rest.get(..len)?;
@@ -385,7 +387,8 @@ fn split_array<const N: usize>(bytes: &[u8]) -> Option<([u8; N], &[u8])> {
     Some((head, bytes.get(N..)?))
 }
 
-fn push_entry(out: &mut Vec<u8>, id: &[u8], count: u32) -> Result<(), StoreError> {
+/// Appends one entry in the shard format: `u16 LE id length, id bytes, u32 LE count`.
+pub fn push_entry(out: &mut Vec<u8>, id: &[u8], count: u32) -> Result<(), StoreError> {
     let len = u16::try_from(id.len()).map_err(|_| StoreError::Corrupt)?;
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(id);
@@ -394,13 +397,7 @@ fn push_entry(out: &mut Vec<u8>, id: &[u8], count: u32) -> Result<(), StoreError
 }
 
 fn shard_lookup(value: &[u8], user: &[u8]) -> Result<u32, StoreError> {
-    for entry in shard_entries(value)? {
-        let (id, count) = entry?;
-        if id == user {
-            return Ok(count);
-        }
-    }
-    Ok(0)
+    list_lookup(shard_entries(value)?.rest, user)
 }
 
 /// Rewrites a shard with `user`'s count changed by `delta` (+1 or -1), dropping entries
@@ -511,37 +508,54 @@ pub fn adjust_user<S: SharedStore + ?Sized>(
     user: &str,
     delta: i64,
 ) -> Result<(), StoreError> {
-    let key = user_shard_key(user_shard(user));
+    let mut list = Vec::with_capacity(user.len().saturating_add(6));
+    let magnitude = u32::try_from(delta.unsigned_abs()).unwrap_or(u32::MAX);
+    push_entry(&mut list, user.as_bytes(), magnitude)?;
+    adjust_users(store, user_shard(user), &list, delta.signum())
+}
+
+/// Changes the count of every user in `list` by `sign` (1 or -1) times the count listed
+/// for it, never below zero, in one CAS loop on shard `shard` (bounded by
+/// [`RELEASE_ATTEMPTS`]). `list` holds entries in the shard format without the version
+/// byte (see [`push_entry`]), for users of that shard only.
+pub fn adjust_users<S: SharedStore + ?Sized>(
+    store: &S,
+    shard: u32,
+    list: &[u8],
+    sign: i64,
+) -> Result<(), StoreError> {
+    let key = user_shard_key(shard);
     let mut last = StoreError::CasMismatch;
     for _ in 0..RELEASE_ATTEMPTS {
         let (value, cas) = store.get(&key)?.ok_or(StoreError::MissingKey)?;
-        let mut out = Vec::with_capacity(value.len().saturating_add(user.len()).saturating_add(7));
+        let mut out = Vec::with_capacity(value.len().saturating_add(list.len()).saturating_add(1));
         out.push(SHARD_FORMAT_VERSION);
-        let mut seen = false;
+        let mut changed = false;
         for entry in shard_entries(&value)? {
             let (id, count) = entry?;
-            let count = if id == user.as_bytes() {
-                if seen {
-                    return Err(StoreError::Corrupt);
-                }
-                seen = true;
-                u32::try_from(i64::from(count).saturating_add(delta).max(0)).unwrap_or(u32::MAX)
-            } else {
-                count
-            };
-            if count > 0 {
-                push_entry(&mut out, id, count)?;
+            let listed = i64::from(list_lookup(list, id)?);
+            let next = u32::try_from(
+                i64::from(count)
+                    .saturating_add(sign.saturating_mul(listed))
+                    .max(0),
+            )
+            .unwrap_or(u32::MAX);
+            changed |= next != count;
+            if next > 0 {
+                push_entry(&mut out, id, next)?;
             }
         }
-        if !seen {
-            if delta <= 0 {
-                return Ok(());
+        if sign > 0 {
+            for entry in (ShardEntries { rest: list }) {
+                let (id, count) = entry?;
+                if count > 0 && shard_lookup(&value, id)? == 0 {
+                    push_entry(&mut out, id, count)?;
+                    changed = true;
+                }
             }
-            push_entry(
-                &mut out,
-                user.as_bytes(),
-                u32::try_from(delta).unwrap_or(u32::MAX),
-            )?;
+        }
+        if !changed {
+            return Ok(());
         }
         match store.set(&key, &out, cas) {
             Ok(()) => return Ok(()),
@@ -550,6 +564,17 @@ pub fn adjust_user<S: SharedStore + ?Sized>(
         }
     }
     Err(last)
+}
+
+/// The count `list` (entries without the version byte) gives `user` (0 if absent).
+fn list_lookup(list: &[u8], user: &[u8]) -> Result<u32, StoreError> {
+    for entry in (ShardEntries { rest: list }) {
+        let (id, count) = entry?;
+        if id == user {
+            return Ok(count);
+        }
+    }
+    Ok(0)
 }
 
 #[cfg(test)]
@@ -1221,6 +1246,38 @@ mod tests {
         assert_eq!(user_count(&s, "bob").unwrap(), 0);
         assert_eq!(shard_bytes_total(&s).unwrap(), N_SHARDS as usize);
         adjust_user(&s, "ann", -1).unwrap();
+        assert_eq!(shard_bytes_total(&s).unwrap(), N_SHARDS as usize);
+    }
+
+    #[test]
+    fn a_list_of_users_changes_their_shard_in_one_write() {
+        let s = store();
+        let shard = user_shard("bob");
+        let mate = (0..)
+            .map(|i| format!("mate{i}"))
+            .find(|m| user_shard(m) == shard)
+            .unwrap();
+        adjust_user(&s, "bob", 1).unwrap();
+        let mut list = Vec::new();
+        push_entry(&mut list, b"bob", 2).unwrap();
+        push_entry(&mut list, mate.as_bytes(), 3).unwrap();
+        let writes = s.write_count();
+        adjust_users(&s, shard, &list, 1).unwrap();
+        assert_eq!(s.write_count(), writes + 1);
+        assert_eq!(user_count(&s, "bob").unwrap(), 3);
+        assert_eq!(user_count(&s, &mate).unwrap(), 3);
+        adjust_users(&s, shard, &list, -1).unwrap();
+        assert_eq!(user_count(&s, "bob").unwrap(), 1);
+        assert_eq!(user_count(&s, &mate).unwrap(), 0, "its entry is gone");
+        adjust_users(&s, shard, &list, -1).unwrap();
+        assert_eq!(user_count(&s, "bob").unwrap(), 0, "never below zero");
+        let writes = s.write_count();
+        adjust_users(&s, shard, &list, -1).unwrap();
+        assert_eq!(
+            s.write_count(),
+            writes,
+            "nothing to change, nothing written"
+        );
         assert_eq!(shard_bytes_total(&s).unwrap(), N_SHARDS as usize);
     }
 
