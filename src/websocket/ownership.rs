@@ -48,7 +48,6 @@
 //! user shards' entry format); it belongs to the generation of its tag only while the
 //! head is that generation's, and is emptied (`""`) when given back.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use super::slots::{self, Admission};
@@ -97,23 +96,55 @@ const _: () = assert!(slots::N_SHARDS <= u64::BITS);
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Holdings {
     pub instance: u32,
-    pub routes: BTreeMap<String, u32>,
+    /// Per route with slots held: sorted by name, unique, no zero count (a
+    /// handful of routes: a sorted `Vec`, which also keeps B-tree code out of
+    /// the wasm).
+    pub routes: Vec<(String, u32)>,
 }
 
 impl Holdings {
     pub fn add(&mut self, admission: &Admission) {
         self.instance = self.instance.saturating_add(1);
-        let route = self.routes.entry(admission.route().to_owned()).or_default();
-        *route = route.saturating_add(1);
+        self.add_route(admission.route(), 1);
     }
 
     pub fn remove(&mut self, admission: &Admission) {
         self.instance = self.instance.saturating_sub(1);
-        if let Some(count) = self.routes.get_mut(admission.route()) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                self.routes.remove(admission.route());
+        if let Ok(i) = self.find_route(admission.route()) {
+            if let Some((_, count)) = self.routes.get_mut(i) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    self.routes.remove(i);
+                }
             }
+        }
+    }
+
+    /// Slots held on `route`.
+    pub fn route(&self, route: &str) -> u32 {
+        self.find_route(route)
+            .ok()
+            .and_then(|i| self.routes.get(i))
+            .map_or(0, |(_, n)| *n)
+    }
+
+    fn find_route(&self, route: &str) -> Result<usize, usize> {
+        self.routes
+            .binary_search_by(|(name, _)| name.as_str().cmp(route))
+    }
+
+    /// Adds `n` slots on `route`, keeping the list sorted and unique.
+    fn add_route(&mut self, route: &str, n: u32) {
+        if n == 0 {
+            return;
+        }
+        match self.find_route(route) {
+            Ok(i) => {
+                if let Some((_, count)) = self.routes.get_mut(i) {
+                    *count = count.saturating_add(n);
+                }
+            }
+            Err(i) => self.routes.insert(i, (route.to_owned(), n)),
         }
     }
 
@@ -189,9 +220,7 @@ fn decode_head(bytes: &[u8]) -> Option<(u8, Head)> {
     };
     for _ in 0..u16::from_le_bytes(take(&mut rest)?) {
         let (name, n, after) = slots::parse_entry(rest)?;
-        holdings
-            .routes
-            .insert(String::from_utf8(name.to_vec()).ok()?, n);
+        holdings.add_route(std::str::from_utf8(name).ok()?, n);
         rest = after;
     }
     let head = Head {
@@ -953,6 +982,43 @@ mod tests {
     }
 
     #[test]
+    fn route_counts_stay_sorted_unique_and_drop_at_zero() {
+        let s = store();
+        let mut h = Holdings::default();
+        let feed = admit(&s, "feed", None);
+        let chat = admit(&s, "chat", None);
+        h.add(&feed);
+        h.add(&chat);
+        h.add(&feed);
+        assert_eq!(h.routes, vec![("chat".into(), 1), ("feed".into(), 2)]);
+        assert_eq!(
+            (h.route("chat"), h.route("feed"), h.route("none")),
+            (1, 2, 0)
+        );
+        h.remove(&chat);
+        assert_eq!(
+            h.routes,
+            vec![("feed".into(), 2)],
+            "a route at zero is dropped"
+        );
+        h.remove(&chat);
+        assert_eq!(
+            (h.instance, h.route("feed")),
+            (1, 2),
+            "nothing held on chat"
+        );
+        h.add_route("feed", 0);
+        h.add_route("chat", 0);
+        assert_eq!(
+            h.routes,
+            vec![("feed".into(), 2)],
+            "adding nothing adds no entry"
+        );
+        h.add_route("feed", 3);
+        assert_eq!(h.route("feed"), 5);
+    }
+
+    #[test]
     fn head_round_trips() {
         let mut holdings = Holdings::default();
         let s = store();
@@ -967,8 +1033,8 @@ mod tests {
         let decoded = Head::decode(&head.encode()).unwrap();
         assert_eq!(decoded, head);
         assert_eq!(decoded.holdings.instance, 3);
-        assert_eq!(decoded.holdings.routes["chat"], 2);
-        assert_eq!(decoded.holdings.routes["feed"], 1);
+        assert_eq!(decoded.holdings.route("chat"), 2);
+        assert_eq!(decoded.holdings.route("feed"), 1);
     }
 
     #[test]
@@ -1647,7 +1713,7 @@ mod tests {
         };
         assert!(!one(&|h| h.instance = 1));
         assert!(!one(&|h| {
-            h.routes.insert("chat".into(), 1);
+            h.routes.push(("chat".into(), 1));
         }));
         let s = store();
         let mut o = Owner::register(&s, 0).unwrap();
@@ -1663,7 +1729,7 @@ mod tests {
         let a = admit(&s, "chat", Some("ann"));
         o.acquired(&s, &a, 0).unwrap();
         assert_eq!(o.holdings().instance, 1);
-        assert_eq!(o.holdings().routes["chat"], 1);
+        assert_eq!(o.holdings().route("chat"), 1);
         assert_eq!(o.user_count("ann"), 1);
         assert_eq!(o.user_count("bob"), 0);
     }
