@@ -212,10 +212,52 @@ pub fn is_healthy_status(status: Option<u32>) -> bool {
     matches!(status, Some(200..=299))
 }
 
+/// How much later than its own timeout a probe's answer may be handled before
+/// it tells more about this process than about the cluster.
+pub const LATE_ANSWER_SLACK_MS: u64 = 1_000;
+
+/// Whether a failed probe, sent at `sent_ms` with `timeout_ms`, is handled so
+/// late (at `now_ms`) that this process must have been paused meanwhile
+/// (`SIGSTOP`, a frozen VM, heavy swapping): Envoy ends a call at its timeout,
+/// so an answer handled more than [`LATE_ANSWER_SLACK_MS`] after that waited
+/// for the process, and its timeout says nothing about the cluster. Such a
+/// failure is not counted; the next probe, an interval later, decides.
+pub fn answered_after_a_pause(sent_ms: u64, now_ms: u64, timeout_ms: u64) -> bool {
+    now_ms.saturating_sub(sent_ms) > timeout_ms.saturating_add(LATE_ANSWER_SLACK_MS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::shared_store::MemoryStore;
+
+    #[test]
+    fn a_failure_handled_long_after_its_timeout_came_from_a_pause() {
+        let (sent, timeout) = (10_000, 2_000);
+        assert!(!answered_after_a_pause(sent, sent, timeout));
+        assert!(
+            !answered_after_a_pause(sent, sent + timeout, timeout),
+            "timed out on time"
+        );
+        assert!(
+            !answered_after_a_pause(sent, sent + timeout + LATE_ANSWER_SLACK_MS, timeout),
+            "within the slack"
+        );
+        assert!(answered_after_a_pause(
+            sent,
+            sent + timeout + LATE_ANSWER_SLACK_MS + 1,
+            timeout
+        ));
+        assert!(
+            answered_after_a_pause(sent, sent + 30_000, timeout),
+            "paused 28 s"
+        );
+        assert!(
+            !answered_after_a_pause(sent, sent - 5_000, timeout),
+            "clock went back"
+        );
+        assert_eq!(LATE_ANSWER_SLACK_MS, 1_000);
+    }
 
     const T: Thresholds = Thresholds {
         unhealthy: 3,

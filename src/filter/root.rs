@@ -59,8 +59,8 @@ impl fmt::Display for ConfigureError {
 pub struct EdgeGuardRoot {
     context_id: u32,
     worker: Option<Rc<Worker>>,
-    /// Health probes in flight: call token → cluster index.
-    probes: HashMap<u32, usize>,
+    /// Health probes in flight: call token → (cluster index, when sent).
+    probes: HashMap<u32, (usize, u64)>,
     /// `health.transitions` when this worker last read every health record.
     health_transitions_seen: Option<u64>,
     /// Per cluster: when its next probe is due, as last read.
@@ -256,12 +256,12 @@ impl EdgeGuardRoot {
             self.see_health(worker, index, &record);
             // The shared record says when the next probe is due; the claim
             // makes exactly one worker take it.
-            if now_ms < record.next_probe_ms || self.probes.values().any(|c| *c == index) {
+            if now_ms < record.next_probe_ms || self.probes.values().any(|(c, _)| *c == index) {
                 self.set_next_probe(index, record.next_probe_ms);
                 continue;
             }
             match health::claim_probe(&HostStore, &cluster.name, now_ms, policy.interval.as_ms()) {
-                Ok(true) => self.dispatch_probe(worker, index, policy.timeout.as_ms()),
+                Ok(true) => self.dispatch_probe(worker, index, policy.timeout.as_ms(), now_ms),
                 Ok(false) => {}
                 Err(e) => log::warn!("edge-guard: claiming the probe of {}: {e}", cluster.name),
             }
@@ -306,7 +306,7 @@ impl EdgeGuardRoot {
         }
     }
 
-    fn dispatch_probe(&mut self, worker: &Worker, index: usize, timeout_ms: u64) {
+    fn dispatch_probe(&mut self, worker: &Worker, index: usize, timeout_ms: u64, now_ms: u64) {
         let Some(cluster) = worker.policy.clusters.get(index) else {
             return;
         };
@@ -327,7 +327,7 @@ impl EdgeGuardRoot {
             Duration::from_millis(timeout_ms),
         ) {
             Ok(token) => {
-                self.probes.insert(token, index);
+                self.probes.insert(token, (index, now_ms));
             }
             Err(status) => {
                 log::debug!(
@@ -440,16 +440,27 @@ impl Context for EdgeGuardRoot {
         _body_size: usize,
         _num_trailers: usize,
     ) {
-        let Some(index) = self.probes.remove(&token_id) else {
+        let Some((index, sent_ms)) = self.probes.remove(&token_id) else {
             return;
         };
         let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
             .ok()
             .flatten()
             .and_then(|s| s.parse::<u32>().ok());
-        if let Some(worker) = self.worker.clone() {
-            self.probe_result(&worker, index, health::is_healthy_status(status));
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        let healthy = health::is_healthy_status(status);
+        let timeout_ms = worker
+            .policy
+            .health
+            .as_ref()
+            .map_or(0, |h| h.timeout.as_ms());
+        if !healthy && health::answered_after_a_pause(sent_ms, host::now_ms(), timeout_ms) {
+            log::debug!("edge-guard: a probe failed after this process was paused; not counted");
+            return;
         }
+        self.probe_result(&worker, index, healthy);
     }
 }
 
