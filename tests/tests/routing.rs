@@ -746,3 +746,68 @@ fn one_probe_per_cluster_per_interval_for_the_whole_instance() {
         );
     }
 }
+
+/// A probe that times out only because the whole Envoy process was paused
+/// (`SIGSTOP`, a frozen VM) says nothing about its cluster: it is not counted,
+/// even with `unhealthy_threshold: 1`, and the cluster never leaves healthy.
+/// Without the rule the late timeout marks it unhealthy at once.
+#[test]
+fn a_probe_timed_out_by_a_paused_process_is_not_counted() {
+    let course = Upstream::start("course_service");
+    let booking = Upstream::start("booking_service");
+    let (interval_ms, timeout_ms): (u64, u64) = (2_000, 1_500);
+    let mut policy = health_policy();
+    policy["health_checks"]["interval"] = json!(format!("{interval_ms}ms"));
+    policy["health_checks"]["timeout"] = json!(format!("{timeout_ms}ms"));
+    policy["health_checks"]["unhealthy_threshold"] = json!(1);
+    let envoy = Envoy::builder(policy)
+        .upstream(&course)
+        .upstream(&booking)
+        .concurrency(2)
+        .start();
+    wait_until_probed_healthy(&envoy, &["course_service", "booking_service"]);
+
+    // A probe in flight (held by the upstream) when the process stops ...
+    course.set_health("hang");
+    let seen = probe_times(&course).len();
+    let deadline = Instant::now() + Duration::from_millis(2 * interval_ms);
+    while probe_times(&course).len() == seen {
+        assert!(
+            Instant::now() < deadline,
+            "no probe for {} ms",
+            2 * interval_ms
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    let pid = envoy.pid() as libc::pid_t;
+    // SAFETY: signals to the Envoy this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    // ... stays stopped well past its timeout + the 1 s slack ...
+    thread::sleep(Duration::from_millis(timeout_ms + 2_000));
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    // ... so its timeout fires at the resume, late. The probes after it are
+    // answered (the upstream is fine again well within their timeout).
+    thread::sleep(Duration::from_millis(200));
+    course.set_health("ok");
+    thread::sleep(Duration::from_millis(2 * interval_ms));
+
+    let failures = envoy.stat("edge_guard.cluster.course_service.probe_failures");
+    let transitions = envoy.stat("edge_guard.health.transitions");
+    assert_eq!(
+        failures,
+        Some(0),
+        "a paused process's timeout was counted as a failed probe"
+    );
+    assert_eq!(
+        transitions,
+        Some(0),
+        "the cluster changed health: {}",
+        status(&envoy)
+    );
+    assert!(
+        probe_times(&course).len() >= 3,
+        "probes went on after the pause: {:?}",
+        probe_times(&course)
+    );
+    assert_eq!(envoy.get("/api/courses/1").status, 200);
+}
