@@ -1616,6 +1616,100 @@ mod tests {
         assert_eq!(counts(&s, &["ann"]), (0, 0, 0, vec![0]));
     }
 
+    /// Two users in two sub-ledgers (neither shard 0) whose writes failed.
+    fn two_dirty_sub_ledgers(s: &MemoryStore, o: &mut Owner) -> (String, String) {
+        let mut users = (0..200)
+            .map(|i| format!("u{i}"))
+            .filter(|u| user_shard(u) != 0);
+        let first = users.next().unwrap();
+        let second = users.find(|u| user_shard(u) != user_shard(&first)).unwrap();
+        for user in [&first, &second] {
+            let a = admit(s, "chat", Some(user));
+            let failing = users_key(o.slot, user_shard(user));
+            fail_writes(s, move |k| k == failing);
+            assert!(o.acquired(s, &a, 0).is_err());
+            s.clear_before_set_hook();
+        }
+        (first, second)
+    }
+
+    #[test]
+    fn a_beat_rewrites_each_failed_sub_ledger_once_then_only_the_head() {
+        let s = store();
+        let mut o = Owner::register(&s, 0).unwrap();
+        let (first, second) = two_dirty_sub_ledgers(&s, &mut o);
+        o.heartbeat(&s, HEARTBEAT_MS).unwrap();
+        for user in [&first, &second] {
+            let key = users_key(o.slot, user_shard(user));
+            assert_eq!(s.value(&key).unwrap(), o.users[user_shard(user) as usize].0);
+        }
+        let writes = s.write_count();
+        o.heartbeat(&s, 2 * HEARTBEAT_MS).unwrap();
+        assert_eq!(
+            s.write_count() - writes,
+            1,
+            "the next beat writes the head only"
+        );
+    }
+
+    #[test]
+    fn a_beat_that_fails_midway_keeps_the_sub_ledgers_it_did_not_rewrite() {
+        let s = store();
+        let mut o = Owner::register(&s, 0).unwrap();
+        let (first, second) = two_dirty_sub_ledgers(&s, &mut o);
+        // The beat rewrites the lower shard first; the other one fails again.
+        let (low, high) = if user_shard(&first) < user_shard(&second) {
+            (first, second)
+        } else {
+            (second, first)
+        };
+        let failing = users_key(o.slot, user_shard(&high));
+        fail_writes(&s, move |k| k == failing);
+        assert!(o.heartbeat(&s, HEARTBEAT_MS).is_err());
+        s.clear_before_set_hook();
+        o.heartbeat(&s, 2 * HEARTBEAT_MS).unwrap();
+        let high_key = users_key(o.slot, user_shard(&high));
+        assert_eq!(
+            s.value(&high_key).unwrap(),
+            o.users[user_shard(&high) as usize].0,
+            "the sub-ledger whose rewrite failed is rewritten at the next beat"
+        );
+        let low_key = users_key(o.slot, user_shard(&low));
+        assert_eq!(
+            s.value(&low_key).unwrap(),
+            o.users[user_shard(&low) as usize].0
+        );
+        let writes = s.write_count();
+        o.heartbeat(&s, 3 * HEARTBEAT_MS).unwrap();
+        assert_eq!(
+            s.write_count() - writes,
+            1,
+            "nothing left to rewrite but the head"
+        );
+    }
+
+    #[test]
+    fn finishing_a_reap_frees_only_the_reaping_head_of_that_generation() {
+        let s = store();
+        let mut old = Owner::register(&s, 0).unwrap();
+        let slot = old.slot;
+        let ann = admit(&s, "chat", Some("ann"));
+        old.acquired(&s, &ann, 0).unwrap();
+        // Another generation's reaping head sits in the key (the old one was
+        // freed and the key reused meanwhile).
+        let mut value = s.value(&old.key).unwrap();
+        value[0] = REAPING;
+        value[1..9].copy_from_slice(&(old.generation + 1).to_le_bytes());
+        s.set(&old.key, &value, s.get(&old.key).unwrap().unwrap().1)
+            .unwrap();
+        finish_reaping(&s, slot, old.generation).unwrap();
+        assert_eq!(
+            s.value(&old.key).unwrap(),
+            value,
+            "not this generation's head: left for its own reaper"
+        );
+    }
+
     // ---- what moves ---------------------------------------------------------------
 
     #[test]
