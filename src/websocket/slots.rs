@@ -1282,6 +1282,45 @@ mod tests {
     }
 
     #[test]
+    fn a_list_adds_a_user_once_never_a_zero_entry_and_nothing_with_sign_zero() {
+        let s = store();
+        let shard = user_shard("bob");
+        let mate = (0..)
+            .map(|i| format!("mate{i}"))
+            .find(|m| user_shard(m) == shard)
+            .unwrap();
+        adjust_user(&s, "bob", 1).unwrap();
+        let key = user_shard_key(shard);
+        let one_entry = s.value(&key).unwrap();
+        // A listed user already in the shard is changed in place, not added again.
+        let mut list = Vec::new();
+        push_entry(&mut list, b"bob", 2).unwrap();
+        adjust_users(&s, shard, &list, 1).unwrap();
+        assert_eq!(user_count(&s, "bob").unwrap(), 3);
+        assert_eq!(
+            s.value(&key).unwrap().len(),
+            one_entry.len(),
+            "one entry for bob"
+        );
+        // A listed count of zero adds no entry (and writes nothing).
+        let mut zero = Vec::new();
+        push_entry(&mut zero, mate.as_bytes(), 0).unwrap();
+        let (before, writes) = (s.value(&key).unwrap(), s.write_count());
+        adjust_users(&s, shard, &zero, 1).unwrap();
+        assert_eq!(
+            (s.value(&key).unwrap(), s.write_count()),
+            (before.clone(), writes)
+        );
+        // Sign zero changes nobody, present or not.
+        let mut both = Vec::new();
+        push_entry(&mut both, b"bob", 5).unwrap();
+        push_entry(&mut both, mate.as_bytes(), 5).unwrap();
+        adjust_users(&s, shard, &both, 0).unwrap();
+        assert_eq!(s.value(&key).unwrap(), before);
+        assert_eq!(user_count(&s, &mate).unwrap(), 0);
+    }
+
+    #[test]
     fn rejection_display_is_readable() {
         assert_eq!(
             Rejection::UserLimit.to_string(),
