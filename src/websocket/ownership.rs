@@ -449,9 +449,9 @@ fn claim_head<S: SharedStore + ?Sized>(store: &S, head: &[u8]) -> Result<u32, Ow
     for _ in 0..ATTEMPTS {
         let pool = pool_size(store)?;
         for slot in 0..pool {
-            if let Some((current, cas)) = store.get(&ledger_key(slot))? {
-                if (current.is_empty() || current == RETIRED)
-                    && store.set(&ledger_key(slot), head, cas).is_ok()
+            let key = ledger_key(slot);
+            if let Some((current, cas)) = store.get(&key)? {
+                if (current.is_empty() || current == RETIRED) && store.set(&key, head, cas).is_ok()
                 {
                     return Ok(slot);
                 }

@@ -1249,14 +1249,19 @@ mod tests {
         assert_eq!(shard_bytes_total(&s).unwrap(), N_SHARDS as usize);
     }
 
+    /// Another user id in `user`'s shard.
+    fn shard_mate(user: &str) -> String {
+        (0..)
+            .map(|i| format!("mate{i}"))
+            .find(|m| user_shard(m) == user_shard(user))
+            .unwrap()
+    }
+
     #[test]
     fn a_list_of_users_changes_their_shard_in_one_write() {
         let s = store();
         let shard = user_shard("bob");
-        let mate = (0..)
-            .map(|i| format!("mate{i}"))
-            .find(|m| user_shard(m) == shard)
-            .unwrap();
+        let mate = shard_mate("bob");
         adjust_user(&s, "bob", 1).unwrap();
         let mut list = Vec::new();
         push_entry(&mut list, b"bob", 2).unwrap();
@@ -1285,10 +1290,7 @@ mod tests {
     fn a_list_adds_a_user_once_never_a_zero_entry_and_nothing_with_sign_zero() {
         let s = store();
         let shard = user_shard("bob");
-        let mate = (0..)
-            .map(|i| format!("mate{i}"))
-            .find(|m| user_shard(m) == shard)
-            .unwrap();
+        let mate = shard_mate("bob");
         adjust_user(&s, "bob", 1).unwrap();
         let key = user_shard_key(shard);
         let one_entry = s.value(&key).unwrap();
