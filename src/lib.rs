@@ -23,6 +23,7 @@ pub mod reply;
 pub mod routing;
 pub mod shared_store;
 pub mod status;
+pub mod timers;
 pub mod upgrade;
 pub mod websocket;
 
