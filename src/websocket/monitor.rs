@@ -134,7 +134,7 @@ const RSV1: u8 = 0b100;
 /// Milli-tokens per token.
 const MILLI: u32 = 1000;
 
-/// State of one open connection: ~104 bytes, no heap.
+/// State of one open connection: 96 bytes on wasm32, no heap.
 #[derive(Debug, Clone)]
 pub struct ConnectionMonitor {
     client: Side,
@@ -142,10 +142,11 @@ pub struct ConnectionMonitor {
     /// Token buckets in milli-tokens: [client → upstream, upstream → client]. Start
     /// full (`u32::MAX` is clamped to the capacity on first use).
     tokens: [u32; 2],
-    /// When both buckets were last refilled (refill is linear in time, so refilling
-    /// both together is exact and saves a timestamp).
-    last_refill_ms: u64,
     started_ms: u64,
+    /// The last chunk in either direction, and when both buckets were last
+    /// refilled: they are refilled at every chunk (refill is linear in time and
+    /// nothing is taken between two chunks, so this is exact and saves a
+    /// timestamp per connection).
     last_activity_ms: u64,
     closed: Option<CloseReason>,
     protocol_error: Option<FrameError>,
@@ -160,7 +161,6 @@ impl ConnectionMonitor {
             client: Side::new(Sender::Client),
             upstream: Side::new(Sender::Server),
             tokens: [u32::MAX; 2],
-            last_refill_ms: now_ms,
             started_ms: now_ms,
             last_activity_ms: now_ms,
             closed: None,
@@ -200,6 +200,9 @@ impl ConnectionMonitor {
         if !chunk.is_empty() {
             // Any byte counts as activity, including the middle of a large payload:
             // a long upload must not look idle.
+            if let Some(rate) = limits.max_messages_per_second {
+                self.refill(rate, now_ms);
+            }
             self.last_activity_ms = self.last_activity_ms.max(now_ms);
         }
         let mut pos = 0usize;
@@ -212,7 +215,7 @@ impl ConnectionMonitor {
                 Ok(None) => return Verdict::Pass,
                 Ok(Some(frame)) => {
                     let free = self.engine_io && is_engine_io_transport(&frame, chunk);
-                    if let Some(reason) = self.check_frame(limits, dir, &frame, free, now_ms) {
+                    if let Some(reason) = self.check_frame(limits, dir, &frame, free) {
                         self.closed = Some(reason);
                         return close(reason, frame.header_offset);
                     }
@@ -237,7 +240,6 @@ impl ConnectionMonitor {
         dir: Direction,
         frame: &Frame,
         free: bool,
-        now_ms: u64,
     ) -> Option<CloseReason> {
         let side = match dir {
             Direction::ClientToUpstream => &mut self.client,
@@ -262,32 +264,30 @@ impl ConnectionMonitor {
         {
             return Some(CloseReason::MessageTooBig);
         }
-        if costs_token {
-            if let Some(rate) = limits.max_messages_per_second {
-                if !self.take_token(rate, dir, now_ms) {
-                    return Some(CloseReason::RateLimited);
-                }
-            }
+        if costs_token && limits.max_messages_per_second.is_some() && !self.take_token(dir) {
+            return Some(CloseReason::RateLimited);
         }
         None
     }
 
-    /// Refills both buckets up to `now_ms`, then takes one token from `dir`'s bucket.
-    fn take_token(&mut self, rate: u32, dir: Direction, now_ms: u64) -> bool {
+    /// Refills both buckets from the last activity up to `now_ms` (called before
+    /// the activity time moves on).
+    fn refill(&mut self, rate: u32, now_ms: u64) {
         let capacity =
             u32::try_from(u64::from(rate).saturating_mul(u64::from(MILLI))).unwrap_or(u32::MAX);
         // A clock stepping backwards refills nothing until it catches up again.
-        let elapsed = now_ms.saturating_sub(self.last_refill_ms);
-        if elapsed > 0 {
-            self.last_refill_ms = now_ms;
-        }
+        let elapsed = now_ms.saturating_sub(self.last_activity_ms);
         // rate tokens per second = rate milli-tokens per millisecond.
         let refill = elapsed.saturating_mul(u64::from(rate));
-        let [c2u, u2c] = &mut self.tokens;
-        for bucket in [&mut *c2u, &mut *u2c] {
+        for bucket in &mut self.tokens {
             let filled = u64::from(*bucket).saturating_add(refill);
             *bucket = u32::try_from(filled).unwrap_or(u32::MAX).min(capacity);
         }
+    }
+
+    /// Takes one token from `dir`'s bucket (refilled at the chunk's start).
+    fn take_token(&mut self, dir: Direction) -> bool {
+        let [c2u, u2c] = &mut self.tokens;
         let bucket = match dir {
             Direction::ClientToUpstream => c2u,
             Direction::UpstreamToClient => u2c,
