@@ -1207,7 +1207,7 @@ fn check_timeouts(hcm: &Hcm, policy: &Policy, landing: &[Vec<Landed>], out: &mut
             idle_short
                 .entry(class.name.as_str())
                 .or_default()
-                .push(route.name.as_str());
+                .push(&*route.name);
         }
         for landed in lands {
             let (envoy_route, object) = (landed.route, &landed.label);

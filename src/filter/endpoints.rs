@@ -142,7 +142,7 @@ fn status_document(worker: &Worker) -> String {
         .routes
         .iter()
         .filter(|r| r.websocket)
-        .map(|r| r.name.as_str())
+        .map(|r| &*r.name)
         .collect();
     let mut snapshot = StatusSnapshot {
         cluster_health: worker.health_snapshot(),
@@ -158,7 +158,7 @@ fn status_document(worker: &Worker) -> String {
                     counts
                         .routes
                         .iter()
-                        .find(|(name, _)| *name == r.name)
+                        .find(|(name, _)| **name == *r.name)
                         .map_or(0, |(_, n)| u64::from(*n))
                 })
                 .collect();

@@ -100,7 +100,7 @@ impl EdgeGuardRoot {
             .routes
             .iter()
             .filter(|r| r.websocket)
-            .map(|r| r.name.as_str())
+            .map(|r| &*r.name)
             .collect();
         slots::ensure_keys(&HostStore, &route_names)
             .map_err(|e| ConfigureError::SharedData(e.to_string()))?;

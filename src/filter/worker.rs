@@ -263,7 +263,7 @@ impl Worker {
             metrics::increment(self.metrics.ws_reclaimed, i64::from(held.instance));
             metrics::increment(self.metrics.ws_active, -i64::from(held.instance));
             for (name, n) in &held.routes {
-                let route = self.policy.routes.iter().position(|r| &r.name == name);
+                let route = self.policy.routes.iter().position(|r| *r.name == **name);
                 if let Some(m) = route.and_then(|r| self.metrics.route(r)) {
                     metrics::increment(m.ws_active, -i64::from(*n));
                 }

@@ -56,7 +56,7 @@ impl std::error::Error for ConfigError {}
 /// One declared route, compiled.
 #[derive(Debug, Clone)]
 pub struct Route {
-    pub name: String,
+    pub name: std::rc::Rc<str>,
     /// Egress routes only: the destination host.
     pub host: Option<HostPattern>,
     pub prefix: String,
@@ -439,7 +439,7 @@ pub fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
             }
         };
         routes.push(Route {
-            name: rc.name.clone(),
+            name: rc.name.as_str().into(),
             host,
             prefix,
             methods,
@@ -575,7 +575,7 @@ fn engine_io_missing(route: &Route, class: &TimeoutClass) -> Option<PolicyWarnin
     }
     Some(PolicyWarning {
         id: "engine_io_missing",
-        route: route.name.clone(),
+        route: route.name.to_string(),
         message: format!(
             "route {} looks like Socket.IO ({}) but has no engine_io option, and its class \"{}\" ({}) is shorter than socket.io's ping interval ({}): every long-poll would be cut with 504 and clients would reconnect in a loop; add \"websocket\": true and \"engine_io\": {{}} to the route (long-polls then get ping_interval + ping_timeout), or give it a class of at least {}",
             route.name,
@@ -853,7 +853,7 @@ pub fn routes_by_class(policy: &Policy) -> BTreeMap<&str, Vec<&str>> {
         if let Some(class) = policy.class_of(route) {
             map.entry(class.name.as_str())
                 .or_default()
-                .push(route.name.as_str());
+                .push(&*route.name);
         }
     }
     map

@@ -655,7 +655,10 @@ fn names_are_1_to_64_letters_digits_underscores_and_dashes() {
     v["timeouts"]["classes"] = json!({"std_1-a": "30s"});
     v["timeouts"]["default_class"] = json!("std_1-a");
     v["routes"][0]["timeout"] = json!("std_1-a");
-    assert_eq!(compile_value(&v).unwrap().routes[0].name, ok);
+    assert_eq!(
+        compile_value(&v).unwrap().routes[0].name,
+        ok.as_str().into()
+    );
     for bad in [String::new(), "c".repeat(65), "a b".into(), "a.b".into()] {
         let mut v = base();
         v["routes"][0]["name"] = json!(bad);
@@ -786,7 +789,7 @@ fn routes_are_listed_by_their_class() {
 #[test]
 fn lookups_by_route_id_and_websocket_presence() {
     let policy = compile_value(&base()).unwrap();
-    assert_eq!(policy.route(1).map(|r| r.name.as_str()), Some("events"));
+    assert_eq!(policy.route(1).map(|r| &*r.name), Some("events"));
     assert!(policy.route(2).is_none());
     assert!(policy.has_websocket_routes());
     let mut v = base();

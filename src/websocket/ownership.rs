@@ -927,7 +927,7 @@ mod tests {
         try_acquire(
             s,
             &AdmissionRequest {
-                route,
+                route: crate::websocket::slots::tests::name(route),
                 route_limit: None,
                 instance_limit: Some(10_000),
                 user,

@@ -25,6 +25,7 @@
 
 use crate::shared_store::{SharedStore, StoreError};
 use std::fmt;
+use std::rc::Rc;
 
 /// Key of the instance-wide count.
 pub const INSTANCE_KEY: &str = "eg.ws.instance";
@@ -49,8 +50,9 @@ const SHARD_FORMAT_VERSION: u8 = 1;
 /// One upgrade asking for a slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AdmissionRequest<'a> {
-    /// Route name; its key must have been created by [`ensure_keys`].
-    pub route: &'a str,
+    /// Route name (the policy's: the admission shares it, no copy per
+    /// connection); its key must have been created by [`ensure_keys`].
+    pub route: &'a Rc<str>,
     pub route_limit: Option<u32>,
     pub instance_limit: Option<u32>,
     /// The identified user, if any. Counted per user only when `user_limit` is set too.
@@ -62,18 +64,19 @@ pub struct AdmissionRequest<'a> {
 /// released at most once (keep it as `Option<Admission>` and `take()` it).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Admission {
-    /// Exact-size: an open connection holds this for its whole life.
-    route: Box<str>,
+    /// Shared with the policy: an open connection holds this for its whole life.
+    route: Rc<str>,
     /// Set only when the user was counted (user and user limit both present).
+    /// Exact-size, for the same reason.
     user: Option<Box<str>>,
 }
 
 impl Admission {
     /// The admission a slot holder recorded elsewhere (an Engine.IO session in
     /// shared data), for the one caller that took the record.
-    pub fn restore(route: String, user: Option<String>) -> Admission {
+    pub fn restore(route: Rc<str>, user: Option<String>) -> Admission {
         Admission {
-            route: route.into_boxed_str(),
+            route,
             user: user.map(String::into_boxed_str),
         }
     }
@@ -220,7 +223,7 @@ pub fn try_acquire<S: SharedStore + ?Sized>(
     }
 
     Ok(Admission {
-        route: request.route.into(),
+        route: Rc::clone(request.route),
         user: counted_user.map(|(user, _)| user.into()),
     })
 }
@@ -578,7 +581,7 @@ fn list_lookup(list: &[u8], user: &[u8]) -> Result<u32, StoreError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::shared_store::MemoryStore;
     use std::cell::{Cell, RefCell};
@@ -592,9 +595,26 @@ mod tests {
         s
     }
 
-    fn req<'a>(route: &'a str, user: Option<&'a str>) -> AdmissionRequest<'a> {
+    /// A route name as the policy holds it, made once per name and thread
+    /// and kept for the test run.
+    pub(crate) fn name(route: &str) -> &'static Rc<str> {
+        thread_local! {
+            static NAMES: RefCell<Vec<&'static Rc<str>>> = const { RefCell::new(Vec::new()) };
+        }
+        NAMES.with(|names| {
+            let mut names = names.borrow_mut();
+            if let Some(known) = names.iter().find(|n| n.as_ref() == route) {
+                return *known;
+            }
+            let made: &'static Rc<str> = Box::leak(Box::new(Rc::from(route)));
+            names.push(made);
+            made
+        })
+    }
+
+    fn req<'a>(route: &str, user: Option<&'a str>) -> AdmissionRequest<'a> {
         AdmissionRequest {
-            route,
+            route: name(route),
             route_limit: None,
             instance_limit: None,
             user,
@@ -1136,7 +1156,7 @@ mod tests {
             // Admissions held by "worker B", which runs inside A's get/set windows.
             let b_held: Rc<RefCell<Vec<Admission>>> = Rc::new(RefCell::new(Vec::new()));
             let request = |route: &'static str, user: &'static str| AdmissionRequest {
-                route,
+                route: name(route),
                 route_limit: Some(ROUTE_LIMIT),
                 instance_limit: Some(INSTANCE_LIMIT),
                 user: Some(user),

@@ -14,6 +14,8 @@
 //! Never reads a body but a polling handshake's answer, and that only up to
 //! `MAX_HANDSHAKE_BYTES`.
 
+use std::rc::Rc;
+
 use proxy_wasm::types::{Action, BufferType};
 
 use crate::engine_io::request::{self, Plan};
@@ -80,7 +82,7 @@ impl EdgeGuardHttp {
             Plan::Upgrade { sid } => {
                 let held = match sessions::remove(&HostStore, &sid) {
                     Ok(session) => session.map(|s| {
-                        let admission = admission_of(s);
+                        let admission = admission_of(s, Some(route));
                         owner::acquired(&admission, self.worker.now_ms.get());
                         admission
                     }),
@@ -212,8 +214,15 @@ impl EdgeGuardHttp {
     }
 }
 
-fn admission_of(session: Session) -> Admission {
-    Admission::restore(session.route, session.user)
+/// The admission a session recorded. Its route name is the policy's own
+/// (shared, not copied) when the session is on `route`: an upgrade that takes
+/// its session's slot over holds the admission for the connection's life.
+fn admission_of(session: Session, route: Option<&Route>) -> Admission {
+    let name = match route {
+        Some(route) if *route.name == *session.route => Rc::clone(&route.name),
+        _ => Rc::from(session.route),
+    };
+    Admission::restore(name, session.user)
 }
 
 /// Records session `sid` holding `admission`'s slot, which leaves this VM's
@@ -249,8 +258,8 @@ fn release_from_table(worker: &Worker, session: Session) {
         .policy
         .routes
         .iter()
-        .position(|r| r.name == session.route);
-    if let Err(e) = crate::websocket::slots::release(&HostStore, admission_of(session)) {
+        .position(|r| *r.name == *session.route);
+    if let Err(e) = crate::websocket::slots::release(&HostStore, admission_of(session, None)) {
         log::error!("edge-guard: releasing an engine.io session's slot failed: {e}");
     }
     metrics::increment(worker.metrics.ws_active, -1);
