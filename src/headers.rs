@@ -81,7 +81,7 @@ pub struct RequestHead {
     /// A `grpc-timeout` was sent: egress mode rewrites it to the call's budget.
     pub grpc_timeout: bool,
     pub method: Option<String>,
-    pub request_id: Option<String>,
+    pub request_id: Option<Box<str>>,
     /// The `upgrade` header (repeated ones joined with `,`), or HTTP/2's
     /// `:protocol`; classified by `upgrade::classify`.
     pub upgrade: Option<String>,
@@ -128,7 +128,7 @@ impl RequestHead {
                         head.inherited = tighter(head.inherited, inherited);
                     }
                 }
-                b"x-request-id" => head.request_id = Some(text(value)),
+                b"x-request-id" => head.request_id = Some(text(value).into_boxed_str()),
                 b"sec-websocket-extensions" => head.websocket_extensions = true,
                 b"upgrade" | b":protocol" => match &mut head.upgrade {
                     Some(joined) => {

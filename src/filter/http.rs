@@ -29,6 +29,7 @@ use crate::path;
 use crate::policy::{Identity, OnMismatch, Route, TimeoutClass, UnknownRoute};
 use crate::reply::{ErrorCode, LocalReply};
 use crate::routing::{Method, RouteMatch};
+use crate::timers::Armed;
 use crate::upgrade::{self, UpgradeKind};
 use crate::websocket::monitor::Direction;
 
@@ -50,22 +51,26 @@ const ROUTER_TIMEOUT_DETAILS: [&str; 2] = ["response_timeout", "upstream_respons
 /// Tolerance for the wall clock (Envoy's `get_current_time`) stepping back
 /// while the router's monotonic timer runs.
 const CLOCK_SLACK_MS: u64 = 100;
+/// `EdgeGuardHttp::route` of a stream on no declared route.
+const NO_ROUTE: u32 = u32::MAX;
 
 pub struct EdgeGuardHttp {
     id: u32,
     worker: Rc<Worker>,
-    route: Option<usize>,
+    /// The declared route's index, [`NO_ROUTE`] for none (4 bytes: the
+    /// context of an open WebSocket is held for the connection's whole life).
+    route: u32,
     /// When the headers arrived (ms); 0 = no deadline started. Read from the
     /// clock only where it must be exact (a body still to come, the opt-in
     /// histogram); otherwise the worker's last clock reading, which is never
     /// later than the true time.
     started_ms: u64,
-    /// The budget given to Envoy's router (`x-envoy-upstream-rq-timeout-ms`).
-    router_budget_ms: u64,
+    /// The budget given to Envoy's router (`x-envoy-upstream-rq-timeout-ms`),
+    /// saturated at about 49 days: only ever compared as a lower bound, which
+    /// a smaller value keeps (u32: the context of an open WebSocket is held
+    /// for the connection's whole life).
+    router_budget_ms: u32,
     watched: Option<WatchedRef>,
-    /// `x-request-id`, kept from the request headers: Envoy 1.40 gives no
-    /// access to request headers (nor `request.id`) in later callbacks.
-    request_id: Option<String>,
     /// What this stream is to an Engine.IO session, on `engine_io` routes
     /// (boxed: every other stream's context stays small).
     engine_io: Option<Box<engine_io::EioStream>>,
@@ -76,23 +81,30 @@ impl EdgeGuardHttp {
         EdgeGuardHttp {
             id,
             worker,
-            route: None,
+            route: NO_ROUTE,
             started_ms: 0,
             router_budget_ms: 0,
             watched: None,
-            request_id: None,
             engine_io: None,
         }
     }
 
+    /// The declared route this stream is on.
+    fn route(&self) -> Option<usize> {
+        (self.route != NO_ROUTE).then_some(self.route as usize)
+    }
+
+    /// Answers the request with the JSON error (`head`: its `x-request-id`
+    /// goes into the reply).
     fn reject(
         &self,
+        head: &RequestHead,
         code: ErrorCode,
         message: &str,
         extra: Option<(&'static str, String)>,
     ) -> Action {
         metrics::increment(self.worker.metrics.rejected(code), 1);
-        let mut reply = LocalReply::error(code, message, self.request_id.as_deref());
+        let mut reply = LocalReply::error(code, message, head.request_id.as_deref());
         if let Some((name, value)) = extra {
             reply = reply.with_header(name, value);
         }
@@ -144,9 +156,12 @@ impl EdgeGuardHttp {
         let Some(route) = policy.route(id) else {
             return Action::Continue;
         };
-        self.route = Some(id);
+        // A policy cannot hold 2^32 routes; past that, a stream would only
+        // go uncounted in the per-route metrics.
+        self.route = u32::try_from(id).unwrap_or(NO_ROUTE);
         if upgrade && !route.websocket {
             return self.reject(
+                head,
                 ErrorCode::RouteNotFound,
                 &format!("route {} does not accept WebSocket upgrades", route.name),
                 None,
@@ -154,6 +169,7 @@ impl EdgeGuardHttp {
         }
         if self.envoy_disagrees(id, route) {
             return self.reject(
+                head,
                 ErrorCode::RouteMismatch,
                 &format!(
                     "route {} is declared for cluster {}, but Envoy would send it elsewhere",
@@ -166,6 +182,7 @@ impl EdgeGuardHttp {
             if worker.cluster_unhealthy(route.cluster_index) {
                 let retry = health.interval.as_ms().div_ceil(1000).max(1).to_string();
                 return self.reject(
+                    head,
                     ErrorCode::UpstreamUnhealthy,
                     &format!("cluster {} is failing its health checks", route.cluster),
                     Some(("retry-after", retry)),
@@ -214,12 +231,17 @@ impl EdgeGuardHttp {
             if let Some(m) = route.and_then(|r| self.worker.metrics.route(r)) {
                 metrics::increment(m.deadline_hit(DeadlineHit::UpstreamTimeout), 1);
             }
-            return self.reject(ErrorCode::UpstreamTimeout, budget::SPENT_MESSAGE, None);
+            return self.reject(
+                head,
+                ErrorCode::UpstreamTimeout,
+                budget::SPENT_MESSAGE,
+                None,
+            );
         };
         self.worker.now_ms.set(now);
         self.started_ms = now;
         let upstream_budget = deadline.upstream_budget(now);
-        self.router_budget_ms = upstream_budget.as_ms();
+        self.router_budget_ms = u32::try_from(upstream_budget.as_ms()).unwrap_or(u32::MAX);
         host::set_request_header(ROUTER_TIMEOUT_HEADER, Some(&header_value(upstream_budget)));
         if let Some(value) = budget::grpc_timeout_for(direction, head.grpc_timeout, upstream_budget)
         {
@@ -228,10 +250,11 @@ impl EdgeGuardHttp {
         if !end_of_stream {
             let watched = Rc::new(std::cell::RefCell::new(Watched {
                 route,
-                request_id: self.request_id.clone(),
+                timer: Armed::NONE,
                 kind: WatchKind::Exchange {
                     phase: Phase::ReceivingRequest,
                     deadline,
+                    request_id: head.request_id.clone(),
                 },
             }));
             self.worker
@@ -280,24 +303,28 @@ impl HttpContext for EdgeGuardHttp {
             Some(Identity::Header(name)) => Some(name.as_str()),
             _ => None,
         };
-        let mut head = host::request_head(identity_header);
-        // Kept for every reply this stream may get, now or later: request
-        // headers are out of reach after this callback.
-        self.request_id = head.request_id.take();
+        // Request headers are out of reach after this callback: a stream the
+        // tick may answer later keeps its own copy of the request id.
+        let head = host::request_head(identity_header);
         let method = Method::parse(head.method.as_deref().unwrap_or_default());
         let websocket = match upgrade::classify(method, head.upgrade.as_deref()) {
             UpgradeKind::Refused(why) => {
-                return self.reject(ErrorCode::InvalidUpgrade, &why.to_string(), None)
+                return self.reject(&head, ErrorCode::InvalidUpgrade, &why.to_string(), None)
             }
             kind => kind == UpgradeKind::WebSocket,
         };
         let Some(path) = head.path.as_deref() else {
-            return self.reject(ErrorCode::InvalidPath, "the request has no path", None);
+            return self.reject(
+                &head,
+                ErrorCode::InvalidPath,
+                "the request has no path",
+                None,
+            );
         };
         // Decided before any route lookup: a path Envoy and the upstream
         // could read differently is never resolved, counted or logged.
         if let Err(problem) = path::check(path) {
-            return self.reject(ErrorCode::InvalidPath, &problem.to_string(), None);
+            return self.reject(&head, ErrorCode::InvalidPath, &problem.to_string(), None);
         }
         let worker = Rc::clone(&self.worker);
         let policy = &worker.policy;
@@ -309,6 +336,7 @@ impl HttpContext for EdgeGuardHttp {
         match policy.resolve(authority, path, method) {
             RouteMatch::Route(id) => self.on_route(id, &head, websocket, end_of_stream),
             RouteMatch::MethodNotAllowed { allowed } => self.reject(
+                &head,
                 ErrorCode::MethodNotAllowed,
                 &format!(
                     "{} is not allowed on {path_only}; allowed: {allowed}",
@@ -318,6 +346,7 @@ impl HttpContext for EdgeGuardHttp {
             ),
             // An upgrade is never let through without a route that counts it.
             RouteMatch::NotFound if websocket => self.reject(
+                &head,
                 ErrorCode::RouteNotFound,
                 &format!("no WebSocket route for {path_only}"),
                 None,
@@ -331,7 +360,7 @@ impl HttpContext for EdgeGuardHttp {
                 UnknownRoute::Reject => {
                     let (code, message) =
                         egress::undeclared(policy.direction, authority, path_only);
-                    self.reject(code, &message, None)
+                    self.reject(&head, code, &message, None)
                 }
             },
         }
@@ -393,7 +422,7 @@ impl HttpContext for EdgeGuardHttp {
         // Only exchanges whose deadline edge-guard started on a declared
         // route are counted and timed.
         let worker = Rc::clone(&self.worker);
-        let Some(m) = self.route.and_then(|r| worker.metrics.route(r)) else {
+        let Some(m) = self.route().and_then(|r| worker.metrics.route(r)) else {
             return Action::Continue;
         };
         if self.started_ms == 0 {
@@ -405,7 +434,7 @@ impl HttpContext for EdgeGuardHttp {
         // The router's timeout fires no earlier than its budget after the
         // headers; `started_ms` is never later than their arrival, so a
         // response sooner than that cannot be one and costs no header read.
-        if elapsed.saturating_add(CLOCK_SLACK_MS) >= self.router_budget_ms
+        if elapsed.saturating_add(CLOCK_SLACK_MS) >= u64::from(self.router_budget_ms)
             && host::response_header(":status").as_deref() == Some("504")
             && host::property_text(vec!["response", "code_details"])
                 .is_some_and(|details| ROUTER_TIMEOUT_DETAILS.contains(&details.as_str()))

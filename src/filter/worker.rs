@@ -7,8 +7,7 @@
 //! re-enter the VM; `take_due` hands actions out for the caller to run.
 
 use std::cell::{Cell, RefCell};
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::num::NonZeroU64;
 use std::rc::Rc;
 
 use hashbrown::HashMap;
@@ -18,7 +17,8 @@ use crate::drain::{self, DrainState};
 use crate::health;
 use crate::policy::Policy;
 use crate::status::ClusterHealth;
-use crate::websocket::monitor::{CloseReason, ConnectionMonitor, Direction};
+use crate::timers::{self, Armed, TimerHeap};
+use crate::websocket::monitor::{CloseReason, ConnectionLimits, ConnectionMonitor, Direction};
 use crate::websocket::ownership::{self, Reaped};
 use crate::websocket::slots::{self, Admission, AdmissionRequest, Rejection};
 
@@ -27,16 +27,40 @@ use super::metrics::{self, Metrics};
 use super::ownership as owner;
 
 /// Where an upgraded (or upgrading) connection is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WsPhase {
-    /// Upgrade sent upstream; waiting for its 101 within the class's `response`.
-    Upgrading,
+    /// Upgrade sent upstream; waiting for its 101 within the class's
+    /// `response`. Keeps `x-request-id` for the one reply a WebSocket can
+    /// still get, the tick's 504 if no 101 comes in time.
+    Upgrading {
+        request_id: Option<Box<str>>,
+    },
     Open,
-    /// A limit was broken and close frames are on their way; torn down at the
-    /// stored time whatever the peers do.
+    /// A limit was broken and close frames are on their way; torn down at
+    /// `teardown_ms` whatever the peers do (`u64::MAX`: nothing left to do).
     Closing {
         teardown_ms: u64,
+        /// Close frames still owed to each peer, sent with the next chunk
+        /// that flows its way (a filter cannot write into an idle stream).
+        owed_to_client: Option<CloseReason>,
+        owed_to_upstream: Option<CloseReason>,
     },
+}
+
+impl WsPhase {
+    /// Moves to `Closing` owing nothing; returns the request id an upgrading
+    /// connection kept.
+    pub fn close(&mut self, teardown_ms: u64) -> Option<Box<str>> {
+        let closing = WsPhase::Closing {
+            teardown_ms,
+            owed_to_client: None,
+            owed_to_upstream: None,
+        };
+        match std::mem::replace(self, closing) {
+            WsPhase::Upgrading { request_id } => request_id,
+            WsPhase::Open | WsPhase::Closing { .. } => None,
+        }
+    }
 }
 
 /// How long a connection closed by its idle or lifetime limit has for the
@@ -49,24 +73,71 @@ pub struct WebSocketStream {
     pub monitor: ConnectionMonitor,
     /// The slot this connection holds; `take()`n exactly once on release.
     pub admission: Option<Admission>,
-    /// Close frames still owed to each peer after a limit was broken.
-    pub close_owed_to_client: Option<CloseReason>,
-    pub close_owed_to_upstream: Option<CloseReason>,
-    /// When a drain closes this connection (1001), once the worker follows one.
-    pub drain_at_ms: Option<u64>,
+    /// When a drain closes this connection (1001), once the worker follows
+    /// one (a time in ms since the epoch is never 0: no tag byte needed).
+    drain_at_ms: Option<NonZeroU64>,
 }
 
 impl WebSocketStream {
-    /// Owes `towards` a close frame, if its stream is between frames (a
-    /// close frame in the middle of a frame would corrupt it: then the
-    /// remaining bytes are just dropped until the reset).
-    pub fn owe_close(&mut self, towards: Direction, reason: CloseReason) {
-        if !self.monitor.at_frame_boundary(towards) {
-            return;
+    pub fn new(
+        monitor: ConnectionMonitor,
+        admission: Admission,
+        request_id: Option<Box<str>>,
+    ) -> Self {
+        WebSocketStream {
+            phase: WsPhase::Upgrading { request_id },
+            monitor,
+            admission: Some(admission),
+            drain_at_ms: None,
         }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.phase == WsPhase::Open
+    }
+
+    /// When a drain closes this connection, once the worker follows one.
+    pub fn drain_at_ms(&self) -> Option<u64> {
+        self.drain_at_ms.map(NonZeroU64::get)
+    }
+
+    /// When an open connection next needs the tick: its idle or lifetime
+    /// limit, or its drain close, whichever comes first.
+    pub fn next_due(&self, limits: &ConnectionLimits) -> Option<u64> {
+        match (self.monitor.next_timer_due(limits), self.drain_at_ms()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// A limit was broken: moves to `Closing` until `teardown_ms`, owing
+    /// `reason`'s close frame to each peer in `towards` whose stream is between
+    /// frames (a close frame in the middle of a frame would corrupt it: then
+    /// the remaining bytes are just dropped until the reset).
+    pub fn start_closing(&mut self, reason: CloseReason, towards: &[Direction], teardown_ms: u64) {
+        let owed = |to: Direction| {
+            (towards.contains(&to) && self.monitor.at_frame_boundary(to)).then_some(reason)
+        };
+        self.phase = WsPhase::Closing {
+            teardown_ms,
+            owed_to_client: owed(Direction::UpstreamToClient),
+            owed_to_upstream: owed(Direction::ClientToUpstream),
+        };
+    }
+
+    /// The close frame owed to the peer `towards` flows to, taken (sent once).
+    pub fn take_owed_close(&mut self, towards: Direction) -> Option<CloseReason> {
+        let WsPhase::Closing {
+            owed_to_client,
+            owed_to_upstream,
+            ..
+        } = &mut self.phase
+        else {
+            return None;
+        };
         match towards {
-            Direction::ClientToUpstream => self.close_owed_to_upstream = Some(reason),
-            Direction::UpstreamToClient => self.close_owed_to_client = Some(reason),
+            Direction::UpstreamToClient => owed_to_client.take(),
+            Direction::ClientToUpstream => owed_to_upstream.take(),
         }
     }
 }
@@ -81,6 +152,8 @@ pub enum WatchKind {
     Exchange {
         phase: Phase,
         deadline: Deadline,
+        /// For the reply the tick sends: request headers are out of reach then.
+        request_id: Option<Box<str>>,
     },
     WebSocket(WebSocketStream),
 }
@@ -91,8 +164,8 @@ pub struct Watched {
     /// The declared route; `None` for a request on no declared route that
     /// `unknown_route: allow` lets through under the default class.
     pub route: Option<usize>,
-    /// For the replies the tick sends: request headers are out of reach then.
-    pub request_id: Option<String>,
+    /// This stream's one live entry in the timer heap.
+    pub timer: Armed,
     pub kind: WatchKind,
 }
 
@@ -106,7 +179,7 @@ pub enum TimerAction {
         context_id: u32,
         route: Option<usize>,
         hit: DeadlineHit,
-        request_id: Option<String>,
+        request_id: Option<Box<str>>,
     },
     /// Tear an upgraded connection down.
     Reset { context_id: u32 },
@@ -121,7 +194,7 @@ pub enum TimerAction {
 
 #[derive(Debug, Default)]
 pub struct Timers {
-    heap: BinaryHeap<Reverse<(u64, u32)>>,
+    heap: TimerHeap,
     streams: HashMap<u32, WatchedRef>,
 }
 
@@ -158,15 +231,20 @@ impl Worker {
     /// Starts watching a stream; `due_ms` is its first timer.
     pub fn watch(&self, context_id: u32, watched: WatchedRef, due_ms: u64) {
         let mut timers = self.timers.borrow_mut();
+        let timers = &mut *timers;
+        timers
+            .heap
+            .arm(&mut watched.borrow_mut().timer, context_id, due_ms);
         timers.streams.insert(context_id, watched);
-        timers.heap.push(Reverse((due_ms, context_id)));
     }
 
-    pub fn schedule(&self, context_id: u32, due_ms: u64) {
+    /// Makes sure the tick looks at the stream (`w`, borrowed by the caller)
+    /// by `due_ms`.
+    pub fn schedule(&self, context_id: u32, w: &mut Watched, due_ms: u64) {
         self.timers
             .borrow_mut()
             .heap
-            .push(Reverse((due_ms, context_id)));
+            .arm(&mut w.timer, context_id, due_ms);
     }
 
     /// Stops watching a stream and releases its WebSocket slot if it still
@@ -291,10 +369,11 @@ impl Worker {
         held.sort_unstable_by_key(|(id, _)| *id);
         let times = drain::close_times(&state, held.len(), now_ms);
         for ((id, watched), at) in held.into_iter().zip(times) {
-            if let WatchKind::WebSocket(ws) = &mut watched.borrow_mut().kind {
-                ws.drain_at_ms = Some(at);
-                if ws.phase == WsPhase::Open {
-                    timers.heap.push(Reverse((at, id)));
+            let w = &mut *watched.borrow_mut();
+            if let WatchKind::WebSocket(ws) = &mut w.kind {
+                ws.drain_at_ms = NonZeroU64::new(at.max(1));
+                if ws.is_open() {
+                    timers.heap.arm(&mut w.timer, id, at);
                 }
             }
         }
@@ -312,53 +391,58 @@ impl Worker {
     }
 
     /// Pops every timer due at `now_ms` and decides what each one means.
-    /// Stale timers (stream gone, phase moved on) are dropped here.
+    /// Stale entries (stream gone, superseded by an earlier one) are dropped
+    /// here; a stream that still needs the tick is armed again from its state
+    /// (always later than `now_ms`, so not popped again in this pass).
     pub fn take_due(&self, now_ms: u64) -> Vec<TimerAction> {
         let mut actions = Vec::new();
         let mut guard = self.timers.borrow_mut();
         let timers = &mut *guard;
         let limits = &self.policy.websocket.connection;
-        let mut reschedule = Vec::new();
-        while let Some(Reverse((due, id))) = timers.heap.peek().copied() {
-            if due > now_ms {
-                break;
-            }
-            timers.heap.pop();
+        while let Some((due, id)) = timers.heap.pop_due(now_ms) {
             let Some(watched) = timers.streams.get(&id) else {
                 continue;
             };
-            let mut w = watched.borrow_mut();
+            let w = &mut *watched.borrow_mut();
+            if !timers::fire(&mut w.timer, due) {
+                continue;
+            }
             let route = w.route;
-            let request_id = w.request_id.clone();
-            match &mut w.kind {
-                WatchKind::Exchange { phase, deadline } => {
-                    if deadline.total_deadline_ms() > now_ms {
-                        continue;
-                    }
-                    if let Some(hit) = Deadline::hit_in(*phase) {
-                        *phase = Phase::Responded;
-                        actions.push(TimerAction::Deadline {
-                            context_id: id,
-                            route,
-                            hit,
-                            request_id,
-                        });
+            let rearm = match &mut w.kind {
+                WatchKind::Exchange {
+                    phase,
+                    deadline,
+                    request_id,
+                } => {
+                    let total = deadline.total_deadline_ms();
+                    if total > now_ms {
+                        Some(total)
+                    } else {
+                        if let Some(hit) = Deadline::hit_in(*phase) {
+                            *phase = Phase::Responded;
+                            actions.push(TimerAction::Deadline {
+                                context_id: id,
+                                route,
+                                hit,
+                                request_id: request_id.take(),
+                            });
+                        }
+                        None
                     }
                 }
                 WatchKind::WebSocket(ws) => match ws.phase {
-                    WsPhase::Upgrading => {
-                        ws.phase = WsPhase::Closing {
-                            teardown_ms: u64::MAX,
-                        };
+                    WsPhase::Upgrading { .. } => {
+                        let request_id = ws.phase.close(u64::MAX);
                         actions.push(TimerAction::Deadline {
                             context_id: id,
                             route,
                             hit: DeadlineHit::UpstreamTimeout,
                             request_id,
                         });
+                        None
                     }
                     WsPhase::Open => match ws
-                        .drain_at_ms
+                        .drain_at_ms()
                         .filter(|at| *at <= now_ms)
                         .map(|_| CloseReason::Draining)
                         .or_else(|| ws.monitor.timer_check(limits, now_ms))
@@ -369,50 +453,46 @@ impl Worker {
                             // filter cannot write into an idle stream); the
                             // stream is reset at teardown whatever happens.
                             // The slot goes back now: the connection is over.
-                            ws.owe_close(Direction::UpstreamToClient, reason);
-                            ws.owe_close(Direction::ClientToUpstream, reason);
                             let teardown_ms = now_ms.saturating_add(TIMER_CLOSE_GRACE_MS);
-                            ws.phase = WsPhase::Closing { teardown_ms };
-                            reschedule.push((teardown_ms, id));
+                            ws.start_closing(
+                                reason,
+                                &[Direction::UpstreamToClient, Direction::ClientToUpstream],
+                                teardown_ms,
+                            );
                             actions.push(TimerAction::Closed {
                                 route,
                                 reason,
                                 admission: ws.admission.take(),
                             });
+                            Some(teardown_ms)
                         }
-                        None => {
-                            let next = match (ws.monitor.next_timer_due(limits), ws.drain_at_ms) {
-                                (Some(a), Some(b)) => Some(a.min(b)),
-                                (a, b) => a.or(b),
-                            };
-                            if let Some(next) = next {
-                                reschedule.push((next.max(now_ms.saturating_add(1)), id));
-                            }
-                        }
+                        None => ws
+                            .next_due(limits)
+                            .map(|next| next.max(now_ms.saturating_add(1))),
                     },
-                    WsPhase::Closing { teardown_ms } => {
-                        if teardown_ms <= now_ms {
-                            ws.phase = WsPhase::Closing {
-                                teardown_ms: u64::MAX,
-                            };
-                            actions.push(TimerAction::Reset { context_id: id });
-                        }
+                    WsPhase::Closing { teardown_ms, .. } if teardown_ms <= now_ms => {
+                        ws.phase.close(u64::MAX);
+                        actions.push(TimerAction::Reset { context_id: id });
+                        None
                     }
+                    // Not yet (an earlier timer of this stream came first).
+                    WsPhase::Closing { teardown_ms, .. } => Some(teardown_ms),
                 },
+            };
+            if let Some(at) = rearm {
+                timers.heap.arm(&mut w.timer, id, at);
             }
         }
-        for entry in reschedule {
-            timers.heap.push(Reverse(entry));
-        }
-        // Stale entries of finished streams stay in the heap until due; keep
-        // the heap from growing far beyond the live streams under load.
+        // Stale entries stay in the heap until due; keep the heap from
+        // growing far beyond the live streams under load.
         if timers.heap.len() > 1024 && timers.heap.len() > 4 * timers.streams.len() {
-            let live: Vec<_> = timers
-                .heap
-                .drain()
-                .filter(|Reverse((_, id))| timers.streams.contains_key(id))
-                .collect();
-            timers.heap.extend(live);
+            let streams = &timers.streams;
+            timers.heap.compact(|id, due| {
+                streams.get(&id).is_some_and(|w| {
+                    w.try_borrow()
+                        .map_or(true, |w| timers::is_live(w.timer, due))
+                })
+            });
         }
         actions
     }

@@ -66,6 +66,7 @@ impl EdgeGuardHttp {
         let ttl_ms = policy.session_ttl_ms();
         match request::plan(policy, request::classify(path), upgrade, method) {
             Plan::TransportNotAllowed(transport) => self.reject(
+                head,
                 ErrorCode::TransportNotAllowed,
                 &format!(
                     "the {transport} transport is not allowed on route {}",
@@ -73,7 +74,7 @@ impl EdgeGuardHttp {
                 ),
                 None,
             ),
-            Plan::BadRequest(why) => self.reject(ErrorCode::EngineIoBadRequest, why, None),
+            Plan::BadRequest(why) => self.reject(head, ErrorCode::EngineIoBadRequest, why, None),
             Plan::PassThrough => self.start_deadline(Some(id), head, class, end_of_stream),
             Plan::WebSocketHandshake => {
                 self.engine_io = Some(Box::new(EioStream::WebSocket));
@@ -131,7 +132,7 @@ impl EdgeGuardHttp {
             EioStream::Handshake { admission, .. } => {
                 if host::response_header(":status").as_deref() != Some("200") {
                     if let Some(admission) = admission.take() {
-                        self.worker.release(self.route, admission);
+                        self.worker.release(self.route(), admission);
                     }
                     self.engine_io = None;
                 }
@@ -185,11 +186,11 @@ impl EdgeGuardHttp {
         self.engine_io = None;
         let Some(sid) = sid else {
             log::debug!("#{} engine.io handshake answer without a sid", self.id);
-            self.worker.release(self.route, admission);
+            self.worker.release(self.route(), admission);
             return;
         };
         if let Some(admission) = hand_to_table(sid, admission, ttl_ms) {
-            self.worker.release(self.route, admission);
+            self.worker.release(self.route(), admission);
         }
     }
 
@@ -207,7 +208,7 @@ impl EdgeGuardHttp {
     pub(super) fn engine_io_done(&mut self) {
         if let Some(EioStream::Handshake { admission, .. }) = self.engine_io.as_deref_mut() {
             if let Some(admission) = admission.take() {
-                self.worker.release(self.route, admission);
+                self.worker.release(self.route(), admission);
             }
         }
         self.engine_io = None;

@@ -17,6 +17,7 @@ use crate::deadline::Deadline;
 use crate::headers::RequestHead;
 use crate::policy::{Identity, Route, TimeoutClass};
 use crate::reply::ErrorCode;
+use crate::timers::Armed;
 use crate::websocket::compression;
 use crate::websocket::frame::ChunkSource;
 use crate::websocket::monitor::{close_frame, ConnectionMonitor, Direction, Verdict};
@@ -61,7 +62,7 @@ impl EdgeGuardHttp {
             },
         };
         let deadline = Deadline::start(class, now);
-        self.open_websocket(id, admission, deadline, now, head.websocket_extensions)
+        self.open_websocket(id, admission, deadline, now, head)
     }
 
     fn identity(&self, head: &RequestHead) -> Option<String> {
@@ -100,6 +101,7 @@ impl EdgeGuardHttp {
                 metrics::increment(m.ws_rejected(ErrorCode::IdentityRequired), 1);
             }
             return Err(self.reject(
+                head,
                 ErrorCode::IdentityRequired,
                 "this WebSocket route needs an authenticated user",
                 None,
@@ -143,7 +145,7 @@ impl EdgeGuardHttp {
                 if let Some(m) = route_metrics {
                     metrics::increment(m.ws_rejected(code), 1);
                 }
-                return Err(self.reject(code, message, retry));
+                return Err(self.reject(head, code, message, retry));
             }
         };
         Ok(admission)
@@ -155,11 +157,11 @@ impl EdgeGuardHttp {
         admission: slots::Admission,
         deadline: Deadline,
         now: u64,
-        offered_extensions: bool,
+        head: &RequestHead,
     ) -> Action {
         let worker = Rc::clone(&self.worker);
         let ws = &worker.policy.websocket;
-        if offered_extensions && !compression::keep_offer(&ws.connection) {
+        if head.websocket_extensions && !compression::keep_offer(&ws.connection) {
             // max_message_bytes counts real message bytes: nothing compressed.
             // (Removed only when sent: a removal makes Envoy index the header
             // map for the rest of the connection.)
@@ -167,15 +169,12 @@ impl EdgeGuardHttp {
         }
         let watched = Rc::new(std::cell::RefCell::new(Watched {
             route: Some(id),
-            request_id: self.request_id.clone(),
-            kind: WatchKind::WebSocket(WebSocketStream {
-                phase: WsPhase::Upgrading,
-                monitor: ConnectionMonitor::new(now),
-                admission: Some(admission),
-                close_owed_to_client: None,
-                close_owed_to_upstream: None,
-                drain_at_ms: None,
-            }),
+            timer: Armed::NONE,
+            kind: WatchKind::WebSocket(WebSocketStream::new(
+                ConnectionMonitor::new(now),
+                admission,
+                head.request_id.clone(),
+            )),
         }));
         worker.watch(self.id, Rc::clone(&watched), deadline.upgrade_deadline_ms());
         self.watched = Some(watched);
@@ -197,11 +196,7 @@ impl EdgeGuardHttp {
             Direction::ClientToUpstream => BufferType::HttpRequestBody,
             Direction::UpstreamToClient => BufferType::HttpResponseBody,
         };
-        let owed = match dir {
-            Direction::ClientToUpstream => ws.close_owed_to_upstream.take(),
-            Direction::UpstreamToClient => ws.close_owed_to_client.take(),
-        };
-        if let Some(reason) = owed {
+        if let Some(reason) = ws.take_owed_close(dir) {
             let frame = close_frame(reason.close_code(), reason.as_str(), self.mask_for(dir));
             host::replace_body(buffer, 0, body_size, &frame);
             return Action::Continue;
@@ -214,7 +209,7 @@ impl EdgeGuardHttp {
                 }
                 return Action::Continue;
             }
-            WsPhase::Upgrading => return Action::Continue,
+            WsPhase::Upgrading { .. } => return Action::Continue,
         }
         let limits = &self.worker.policy.websocket.connection;
         let now = self.worker.now_ms.get();
@@ -251,16 +246,13 @@ impl EdgeGuardHttp {
         }
         host::replace_body(buffer, 0, body_size, &replacement);
         // Towards the sender: with the next chunk that flows its way.
-        match dir {
-            Direction::ClientToUpstream => ws.owe_close(Direction::UpstreamToClient, reason),
-            Direction::UpstreamToClient => ws.owe_close(Direction::ClientToUpstream, reason),
-        }
-        let teardown = now.saturating_add(CLOSE_GRACE_MS);
-        ws.phase = WsPhase::Closing {
-            teardown_ms: teardown,
+        let towards_sender = match dir {
+            Direction::ClientToUpstream => Direction::UpstreamToClient,
+            Direction::UpstreamToClient => Direction::ClientToUpstream,
         };
-        drop(w);
-        self.worker.schedule(self.id, teardown);
+        let teardown = now.saturating_add(CLOSE_GRACE_MS);
+        ws.start_closing(reason, &[towards_sender], teardown);
+        self.worker.schedule(self.id, &mut w, teardown);
         Action::Continue
     }
 
@@ -276,7 +268,7 @@ impl EdgeGuardHttp {
     }
 
     fn on_websocket_response(&mut self, ws: &mut WebSocketStream) -> bool {
-        if ws.phase != WsPhase::Upgrading {
+        if !matches!(ws.phase, WsPhase::Upgrading { .. }) {
             return false;
         }
         let answer = host::upgrade_answer();
@@ -294,19 +286,11 @@ impl EdgeGuardHttp {
             if self.engine_io.is_some() {
                 ws.monitor.count_engine_io_data_only();
             }
-            let limits = &self.worker.policy.websocket.connection;
-            if let Some(due) = ws.monitor.next_timer_due(limits).or(ws.drain_at_ms) {
-                // The tick reschedules the later of the two.
-                self.worker
-                    .schedule(self.id, ws.drain_at_ms.map_or(due, |d| d.min(due)));
-            }
             false
         } else {
             // The upstream refused the upgrade (or Envoy answered for it): the
             // connection never opened, so its slot goes back now.
-            ws.phase = WsPhase::Closing {
-                teardown_ms: u64::MAX,
-            };
+            ws.phase.close(u64::MAX);
             true
         }
     }
@@ -323,16 +307,17 @@ impl EdgeGuardHttp {
             if let Some(admission) = ws.admission.take() {
                 // A refused upgrade of a polling session gives the slot back to it.
                 if let Some(admission) = self.engine_io_upgrade_refused(admission) {
-                    self.worker.release(self.route, admission);
+                    self.worker.release(self.route(), admission);
                 }
             }
         }
-        let open = ws.phase == WsPhase::Open;
+        let open = ws.is_open();
         if open {
-            // Only an upgrade timeout replies; an open connection holds no
-            // more than it needs.
-            w.request_id = None;
-            self.request_id = None;
+            if let Some(due) = ws.next_due(&self.worker.policy.websocket.connection) {
+                // Pushes nothing while the upgrade's own timer is earlier:
+                // that one re-arms the stream when it comes due.
+                self.worker.schedule(self.id, w, due);
+            }
         }
         !open
     }
