@@ -8,6 +8,8 @@
 //! allocation replace a host call per header. Never panics on malformed
 //! input: a short buffer just ends the iteration.
 
+use std::borrow::Cow;
+
 use crate::budget::{parse_expected_timeout, parse_grpc_timeout, tighter, Inherited};
 
 /// Headers a client could use to change its own deadline; edge-guard
@@ -70,47 +72,50 @@ impl<'a> Iterator for HeaderPairs<'a> {
 
 /// What the request path needs from the request headers.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct RequestHead {
-    pub path: Option<String>,
+///
+/// Values borrow from the serialized map wherever they are valid UTF-8 (they
+/// always are from Envoy): reading the head allocates nothing.
+pub struct RequestHead<'a> {
+    pub path: Option<Cow<'a, str>>,
     /// The destination of an outbound call (egress mode).
-    pub authority: Option<String>,
+    pub authority: Option<Cow<'a, str>>,
     /// The caller's budget, forwarded on an outbound call in
     /// `x-envoy-expected-rq-timeout-ms` and/or `grpc-timeout` (the tighter
     /// counts; unreadable values are ignored). Only egress mode uses it.
     pub inherited: Inherited,
     /// A `grpc-timeout` was sent: egress mode rewrites it to the call's budget.
     pub grpc_timeout: bool,
-    pub method: Option<String>,
-    pub request_id: Option<Box<str>>,
+    pub method: Option<Cow<'a, str>>,
+    pub request_id: Option<Cow<'a, str>>,
     /// The `upgrade` header (repeated ones joined with `,`), or HTTP/2's
     /// `:protocol`; classified by `upgrade::classify`.
-    pub upgrade: Option<String>,
+    pub upgrade: Option<Cow<'a, str>>,
     /// Which of `CLIENT_DEADLINE_HEADERS` the client sent (bit i = entry i).
     pub client_deadline_headers: u8,
     /// The first value of the identity header, when the policy names one
     /// (read here rather than by a lookup: Envoy indexes a header map on its
     /// first lookup of a header it does not inline, and that index lives as
     /// long as the stream — about 600 bytes per open WebSocket).
-    pub identity: Option<String>,
+    pub identity: Option<Cow<'a, str>>,
     /// The client offered WebSocket extensions (`sec-websocket-extensions`).
     pub websocket_extensions: bool,
 }
 
-fn text(value: &[u8]) -> String {
-    String::from_utf8_lossy(value).into_owned()
+fn text(value: &[u8]) -> Cow<'_, str> {
+    String::from_utf8_lossy(value)
 }
 
-impl RequestHead {
-    pub fn from_pairs<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> RequestHead {
+impl<'a> RequestHead<'a> {
+    pub fn from_pairs(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> RequestHead<'a> {
         RequestHead::read(pairs, None)
     }
 
     /// As [`RequestHead::from_pairs`], also keeping the first value of
     /// `identity_header` (a lower-case name).
-    pub fn read<'a>(
+    pub fn read(
         pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>,
         identity_header: Option<&str>,
-    ) -> RequestHead {
+    ) -> RequestHead<'a> {
         let identity_header = identity_header.map(str::as_bytes);
         let mut head = RequestHead::default();
         for (name, value) in pairs {
@@ -128,12 +133,13 @@ impl RequestHead {
                         head.inherited = tighter(head.inherited, inherited);
                     }
                 }
-                b"x-request-id" => head.request_id = Some(text(value).into_boxed_str()),
+                b"x-request-id" => head.request_id = Some(text(value)),
                 b"sec-websocket-extensions" => head.websocket_extensions = true,
                 b"upgrade" | b":protocol" => match &mut head.upgrade {
                     Some(joined) => {
+                        let joined = joined.to_mut();
                         joined.push(',');
-                        joined.push_str(&String::from_utf8_lossy(value));
+                        joined.push_str(&text(value));
                     }
                     None => head.upgrade = Some(text(value)),
                 },
@@ -154,6 +160,11 @@ impl RequestHead {
             }
         }
         head
+    }
+
+    /// The request id, to keep beyond the request headers' callback.
+    pub fn request_id_owned(&self) -> Option<Box<str>> {
+        self.request_id.as_deref().map(Box::from)
     }
 
     /// The deadline headers the client sent, to remove.
@@ -188,7 +199,7 @@ impl UpgradeAnswer {
                         joined.push(',');
                         joined.push_str(&String::from_utf8_lossy(value));
                     }
-                    None => answer.extensions = Some(text(value)),
+                    None => answer.extensions = Some(text(value).into_owned()),
                 },
                 _ => {}
             }
@@ -258,7 +269,16 @@ mod tests {
         assert_eq!(head.path.as_deref(), Some("/ws/events"));
         assert_eq!(head.method.as_deref(), Some("GET"));
         assert_eq!(head.request_id.as_deref(), Some("abc"));
+        assert_eq!(head.request_id_owned().as_deref(), Some("abc"));
         assert_eq!(head.upgrade.as_deref(), Some("WebSocket"));
+        // Valid UTF-8 is borrowed from the map, not copied.
+        assert!(matches!(head.path, Some(Cow::Borrowed(_))));
+        assert!(matches!(head.request_id, Some(Cow::Borrowed(_))));
+        let no_id = serialize(&[(":path", b"/")]);
+        assert_eq!(
+            RequestHead::from_pairs(HeaderPairs::new(&no_id)).request_id_owned(),
+            None
+        );
         assert_eq!(
             head.client_deadline_headers().collect::<Vec<_>>(),
             vec![

@@ -7,7 +7,7 @@ use std::time::UNIX_EPOCH;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, Status};
 
-use crate::headers::{HeaderPairs, RequestHead, UpgradeAnswer};
+use crate::headers::{HeaderPairs, UpgradeAnswer};
 use crate::reply::LocalReply;
 use crate::shared_store::{SharedStore, StoreError};
 
@@ -70,13 +70,11 @@ fn header_map(map: MapType) -> Option<Vec<u8>> {
     }
 }
 
-/// The request head from one host call, with the first value of
-/// `identity_header`. Only valid during request callbacks.
-pub fn request_head(identity_header: Option<&str>) -> RequestHead {
-    match header_map(MapType::HttpRequestHeaders) {
-        Some(bytes) => RequestHead::read(HeaderPairs::new(&bytes), identity_header),
-        None => RequestHead::default(),
-    }
+/// The request headers from one host call, serialized: `RequestHead::read`
+/// borrows from them (empty when Envoy has none to give). Only valid during
+/// request callbacks.
+pub fn request_headers() -> Vec<u8> {
+    header_map(MapType::HttpRequestHeaders).unwrap_or_default()
 }
 
 /// The upstream's answer to an upgrade, from one host call. Only valid

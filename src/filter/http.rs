@@ -23,7 +23,7 @@ use proxy_wasm::types::Action;
 use crate::budget;
 use crate::deadline::{header_value, DeadlineHit, Phase};
 use crate::egress;
-use crate::headers::RequestHead;
+use crate::headers::{HeaderPairs, RequestHead};
 use crate::mismatch;
 use crate::path;
 use crate::policy::{Identity, OnMismatch, Route, TimeoutClass, UnknownRoute};
@@ -98,7 +98,7 @@ impl EdgeGuardHttp {
     /// goes into the reply).
     fn reject(
         &self,
-        head: &RequestHead,
+        head: &RequestHead<'_>,
         code: ErrorCode,
         message: &str,
         extra: Option<(&'static str, String)>,
@@ -147,7 +147,7 @@ impl EdgeGuardHttp {
     fn on_route(
         &mut self,
         id: usize,
-        head: &RequestHead,
+        head: &RequestHead<'_>,
         upgrade: bool,
         end_of_stream: bool,
     ) -> Action {
@@ -213,7 +213,7 @@ impl EdgeGuardHttp {
     fn start_deadline(
         &mut self,
         route: Option<usize>,
-        head: &RequestHead,
+        head: &RequestHead<'_>,
         class: &TimeoutClass,
         end_of_stream: bool,
     ) -> Action {
@@ -254,7 +254,7 @@ impl EdgeGuardHttp {
                 kind: WatchKind::Exchange {
                     phase: Phase::ReceivingRequest,
                     deadline,
-                    request_id: head.request_id.clone(),
+                    request_id: head.request_id_owned(),
                 },
             }));
             self.worker
@@ -273,7 +273,7 @@ impl EdgeGuardHttp {
 
 /// Removes the deadline headers the client sent (the router timeout one is
 /// then set by edge-guard, or removed for an upgrade).
-pub(super) fn remove_client_deadline_headers(head: &RequestHead) {
+pub(super) fn remove_client_deadline_headers(head: &RequestHead<'_>) {
     for name in head.client_deadline_headers() {
         if name != ROUTER_TIMEOUT_HEADER {
             host::set_request_header(name, None);
@@ -305,7 +305,8 @@ impl HttpContext for EdgeGuardHttp {
         };
         // Request headers are out of reach after this callback: a stream the
         // tick may answer later keeps its own copy of the request id.
-        let head = host::request_head(identity_header);
+        let headers = host::request_headers();
+        let head = RequestHead::read(HeaderPairs::new(&headers), identity_header);
         let method = Method::parse(head.method.as_deref().unwrap_or_default());
         let websocket = match upgrade::classify(method, head.upgrade.as_deref()) {
             UpgradeKind::Refused(why) => {

@@ -57,7 +57,7 @@ impl EdgeGuardHttp {
         &mut self,
         (id, route, class): (usize, &Route, &TimeoutClass),
         policy: &EngineIoPolicy,
-        head: &RequestHead,
+        head: &RequestHead<'_>,
         upgrade: bool,
         end_of_stream: bool,
     ) -> Action {

@@ -45,7 +45,7 @@ impl EdgeGuardHttp {
         id: usize,
         route: &Route,
         class: &TimeoutClass,
-        head: &RequestHead,
+        head: &RequestHead<'_>,
         held: Option<slots::Admission>,
     ) -> Action {
         remove_client_deadline_headers(head);
@@ -65,10 +65,10 @@ impl EdgeGuardHttp {
         self.open_websocket(id, admission, deadline, now, head)
     }
 
-    fn identity(&self, head: &RequestHead) -> Option<String> {
+    fn identity(&self, head: &RequestHead<'_>) -> Option<String> {
         match self.worker.policy.websocket.identity.as_ref()? {
             // Taken from the header map read once (`host::request_head`).
-            Identity::Header(_) => head.identity.clone(),
+            Identity::Header(_) => head.identity.as_deref().map(str::to_owned),
             Identity::Jwt {
                 metadata_namespace,
                 payload_key,
@@ -90,7 +90,7 @@ impl EdgeGuardHttp {
         &mut self,
         id: usize,
         route: &Route,
-        head: &RequestHead,
+        head: &RequestHead<'_>,
     ) -> Result<slots::Admission, Action> {
         let worker = Rc::clone(&self.worker);
         let ws = &worker.policy.websocket;
@@ -157,7 +157,7 @@ impl EdgeGuardHttp {
         admission: slots::Admission,
         deadline: Deadline,
         now: u64,
-        head: &RequestHead,
+        head: &RequestHead<'_>,
     ) -> Action {
         let worker = Rc::clone(&self.worker);
         let ws = &worker.policy.websocket;
@@ -173,7 +173,7 @@ impl EdgeGuardHttp {
             kind: WatchKind::WebSocket(WebSocketStream::new(
                 ConnectionMonitor::new(now),
                 admission,
-                head.request_id.clone(),
+                head.request_id_owned(),
             )),
         }));
         worker.watch(self.id, Rc::clone(&watched), deadline.upgrade_deadline_ms());
