@@ -98,10 +98,39 @@ impl Deadline {
     }
 }
 
-/// Formats a millisecond count for a header value without allocating more
-/// than the returned string.
-pub fn header_value(ms: Millis) -> String {
-    ms.as_ms().to_string()
+/// Formats a millisecond count for a header value, without allocating.
+pub fn header_value(ms: Millis) -> Decimal {
+    Decimal::of(ms.as_ms())
+}
+
+/// A u64 in decimal, written on the stack (the router's timeout header is
+/// set on every request: no allocation, no formatting machinery).
+#[derive(Clone, Copy)]
+pub struct Decimal {
+    digits: [u8; 20],
+    start: usize,
+}
+
+impl Decimal {
+    pub fn of(mut n: u64) -> Decimal {
+        let mut digits = [b'0'; 20];
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            // n % 10 < 10: the cast is exact.
+            digits[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        Decimal { digits, start }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits are ever written.
+        std::str::from_utf8(&self.digits[self.start..]).unwrap_or("0")
+    }
 }
 
 #[cfg(test)]
@@ -196,7 +225,21 @@ mod tests {
 
     #[test]
     fn header_value_is_the_decimal_milliseconds() {
-        assert_eq!(header_value(Millis(55_000)), "55000");
-        assert_eq!(header_value(Millis(1)), "1");
+        assert_eq!(header_value(Millis(55_000)).as_str(), "55000");
+        assert_eq!(header_value(Millis(1)).as_str(), "1");
+        assert_eq!(header_value(Millis(0)).as_str(), "0");
+        assert_eq!(header_value(Millis(10)).as_str(), "10");
+        assert_eq!(Decimal::of(u64::MAX).as_str(), u64::MAX.to_string());
+        for n in [
+            9,
+            99,
+            100,
+            101,
+            4_294_967_295,
+            4_294_967_296,
+            1_000_000_000_000,
+        ] {
+            assert_eq!(Decimal::of(n).as_str(), n.to_string());
+        }
     }
 }

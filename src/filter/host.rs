@@ -53,6 +53,33 @@ extern "C" {
         return_map_data: *mut *mut u8,
         return_map_size: *mut usize,
     ) -> Status;
+    // Behind the SDK's `get_property`, called with a path serialized at
+    // compile time (the SDK builds a Vec per call, and panics on a status
+    // it does not expect).
+    fn proxy_get_property(
+        path_data: *const u8,
+        path_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> Status;
+}
+
+/// The cluster Envoy's route chose for this stream (`xds.cluster_name`).
+/// Only valid from the request headers on.
+pub fn cluster_name() -> Option<Vec<u8>> {
+    const PATH: &[u8] = b"xds\0cluster_name";
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: as in `header_map`: on success the buffer was allocated through
+    // this module's allocator and is handed over.
+    unsafe {
+        if proxy_get_property(PATH.as_ptr(), PATH.len(), &mut data, &mut size) != Status::Ok
+            || data.is_null()
+        {
+            return None;
+        }
+        Some(Vec::from_raw_parts(data, size, size))
+    }
 }
 
 /// A whole header map from one host call, serialized (see `headers`).

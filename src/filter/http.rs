@@ -16,7 +16,6 @@
 
 use std::rc::Rc;
 
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
@@ -116,9 +115,7 @@ impl EdgeGuardHttp {
     /// Envoy chose another cluster than the policy declares: count it, log it
     /// once per route for the whole instance, and say whether to reject.
     fn envoy_disagrees(&self, id: usize, route: &Route) -> bool {
-        let chosen = hostcalls::get_property(vec!["xds", "cluster_name"])
-            .ok()
-            .flatten();
+        let chosen = host::cluster_name();
         if chosen.as_deref() == Some(route.cluster.as_bytes()) {
             return false;
         }
@@ -242,7 +239,10 @@ impl EdgeGuardHttp {
         self.started_ms = now;
         let upstream_budget = deadline.upstream_budget(now);
         self.router_budget_ms = u32::try_from(upstream_budget.as_ms()).unwrap_or(u32::MAX);
-        host::set_request_header(ROUTER_TIMEOUT_HEADER, Some(&header_value(upstream_budget)));
+        host::set_request_header(
+            ROUTER_TIMEOUT_HEADER,
+            Some(header_value(upstream_budget).as_str()),
+        );
         if let Some(value) = budget::grpc_timeout_for(direction, head.grpc_timeout, upstream_budget)
         {
             host::set_request_header("grpc-timeout", Some(&value));
