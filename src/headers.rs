@@ -162,6 +162,27 @@ impl<'a> RequestHead<'a> {
         head
     }
 
+    /// The same head owning its values, so that the header map it was read
+    /// from can be freed first: an upgrade frees it before it allocates the
+    /// connection's state, which would otherwise be placed beyond it.
+    pub fn into_owned(self) -> RequestHead<'static> {
+        fn own(value: Option<Cow<'_, str>>) -> Option<Cow<'static, str>> {
+            value.map(|v| Cow::Owned(v.into_owned()))
+        }
+        RequestHead {
+            path: own(self.path),
+            authority: own(self.authority),
+            inherited: self.inherited,
+            grpc_timeout: self.grpc_timeout,
+            method: own(self.method),
+            request_id: own(self.request_id),
+            upgrade: own(self.upgrade),
+            client_deadline_headers: self.client_deadline_headers,
+            identity: own(self.identity),
+            websocket_extensions: self.websocket_extensions,
+        }
+    }
+
     /// The request id, to keep beyond the request headers' callback.
     pub fn request_id_owned(&self) -> Option<Box<str>> {
         self.request_id.as_deref().map(Box::from)
@@ -274,6 +295,16 @@ mod tests {
         // Valid UTF-8 is borrowed from the map, not copied.
         assert!(matches!(head.path, Some(Cow::Borrowed(_))));
         assert!(matches!(head.request_id, Some(Cow::Borrowed(_))));
+        let owned = head.clone().into_owned();
+        assert_eq!(owned, head);
+        for value in [
+            &owned.path,
+            &owned.method,
+            &owned.request_id,
+            &owned.upgrade,
+        ] {
+            assert!(matches!(value, Some(Cow::Owned(_))));
+        }
         let no_id = serialize(&[(":path", b"/")]);
         assert_eq!(
             RequestHead::from_pairs(HeaderPairs::new(&no_id)).request_id_owned(),
@@ -314,6 +345,7 @@ mod tests {
             head.client_deadline_headers().collect::<Vec<_>>(),
             vec!["x-envoy-expected-rq-timeout-ms"]
         );
+        assert_eq!(head.clone().into_owned(), head);
         let spent = serialize(&[
             ("grpc-timeout", b"0m"),
             ("x-envoy-expected-rq-timeout-ms", b"900"),
@@ -339,6 +371,7 @@ mod tests {
         let head = RequestHead::read(HeaderPairs::new(&bytes), Some("x-user-id"));
         assert_eq!(head.identity.as_deref(), Some("ann"));
         assert!(head.websocket_extensions);
+        assert_eq!(head.clone().into_owned(), head);
         let head = RequestHead::read(HeaderPairs::new(&bytes), Some("x-other"));
         assert_eq!(head.identity, None);
         let head = RequestHead::from_pairs(HeaderPairs::new(&bytes));

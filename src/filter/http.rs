@@ -264,6 +264,67 @@ impl EdgeGuardHttp {
         Action::Continue
     }
 
+    /// The request, once its head is read and its upgrade classified.
+    fn on_request(
+        &mut self,
+        head: &RequestHead<'_>,
+        method: Method,
+        websocket: bool,
+        end_of_stream: bool,
+    ) -> Action {
+        let Some(path) = head.path.as_deref() else {
+            return self.reject(
+                head,
+                ErrorCode::InvalidPath,
+                "the request has no path",
+                None,
+            );
+        };
+        // Decided before any route lookup: a path Envoy and the upstream
+        // could read differently is never resolved, counted or logged.
+        if let Err(problem) = path::check(path) {
+            return self.reject(head, ErrorCode::InvalidPath, &problem.to_string(), None);
+        }
+        let worker = Rc::clone(&self.worker);
+        let policy = &worker.policy;
+        let path_only = path::path_part(path);
+        if endpoints::answer(&worker, path_only, method) {
+            return Action::Pause;
+        }
+        let authority = head.authority.as_deref().unwrap_or_default();
+        match policy.resolve(authority, path, method) {
+            RouteMatch::Route(id) => self.on_route(id, head, websocket, end_of_stream),
+            RouteMatch::MethodNotAllowed { allowed } => self.reject(
+                head,
+                ErrorCode::MethodNotAllowed,
+                &format!(
+                    "{} is not allowed on {path_only}; allowed: {allowed}",
+                    method.name()
+                ),
+                Some(("allow", allowed.to_string())),
+            ),
+            // An upgrade is never let through without a route that counts it.
+            RouteMatch::NotFound if websocket => self.reject(
+                head,
+                ErrorCode::RouteNotFound,
+                &format!("no WebSocket route for {path_only}"),
+                None,
+            ),
+            RouteMatch::NotFound => match policy.unknown_route {
+                // Let through, but never without a deadline: the default class.
+                UnknownRoute::Allow => match policy.timeout_classes.get(policy.default_class) {
+                    Some(class) => self.start_deadline(None, head, class, end_of_stream),
+                    None => Action::Continue,
+                },
+                UnknownRoute::Reject => {
+                    let (code, message) =
+                        egress::undeclared(policy.direction, authority, path_only);
+                    self.reject(head, code, &message, None)
+                }
+            },
+        }
+    }
+
     fn finish(&mut self) {
         if self.watched.take().is_some() && !super::fault::skips_release(self.id) {
             self.worker.finish(self.id);
@@ -314,57 +375,14 @@ impl HttpContext for EdgeGuardHttp {
             }
             kind => kind == UpgradeKind::WebSocket,
         };
-        let Some(path) = head.path.as_deref() else {
-            return self.reject(
-                &head,
-                ErrorCode::InvalidPath,
-                "the request has no path",
-                None,
-            );
-        };
-        // Decided before any route lookup: a path Envoy and the upstream
-        // could read differently is never resolved, counted or logged.
-        if let Err(problem) = path::check(path) {
-            return self.reject(&head, ErrorCode::InvalidPath, &problem.to_string(), None);
+        if websocket {
+            // The connection's state outlives this callback: the header map
+            // is freed before it is allocated, or it would sit beyond a hole.
+            let head = head.into_owned();
+            drop(headers);
+            return self.on_request(&head, method, true, end_of_stream);
         }
-        let worker = Rc::clone(&self.worker);
-        let policy = &worker.policy;
-        let path_only = path::path_part(path);
-        if endpoints::answer(&worker, path_only, method) {
-            return Action::Pause;
-        }
-        let authority = head.authority.as_deref().unwrap_or_default();
-        match policy.resolve(authority, path, method) {
-            RouteMatch::Route(id) => self.on_route(id, &head, websocket, end_of_stream),
-            RouteMatch::MethodNotAllowed { allowed } => self.reject(
-                &head,
-                ErrorCode::MethodNotAllowed,
-                &format!(
-                    "{} is not allowed on {path_only}; allowed: {allowed}",
-                    method.name()
-                ),
-                Some(("allow", allowed.to_string())),
-            ),
-            // An upgrade is never let through without a route that counts it.
-            RouteMatch::NotFound if websocket => self.reject(
-                &head,
-                ErrorCode::RouteNotFound,
-                &format!("no WebSocket route for {path_only}"),
-                None,
-            ),
-            RouteMatch::NotFound => match policy.unknown_route {
-                // Let through, but never without a deadline: the default class.
-                UnknownRoute::Allow => match policy.timeout_classes.get(policy.default_class) {
-                    Some(class) => self.start_deadline(None, &head, class, end_of_stream),
-                    None => Action::Continue,
-                },
-                UnknownRoute::Reject => {
-                    let (code, message) =
-                        egress::undeclared(policy.direction, authority, path_only);
-                    self.reject(&head, code, &message, None)
-                }
-            },
-        }
+        self.on_request(&head, method, false, end_of_stream)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
