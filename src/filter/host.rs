@@ -115,7 +115,7 @@ pub fn upgrade_answer() -> UpgradeAnswer {
 
 /// A request header by lookup: only for the fault-injection build (on the
 /// request path a lookup of a header Envoy does not inline makes it index
-/// the header map for the stream's life; `request_head` reads them all).
+/// the header map for the stream's life; `request_headers` reads them all).
 #[cfg(feature = "fault-injection")]
 pub fn request_header(name: &str) -> Option<String> {
     header_text(MapType::HttpRequestHeaders, name)

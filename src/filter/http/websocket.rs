@@ -67,7 +67,7 @@ impl EdgeGuardHttp {
 
     fn identity(&self, head: &RequestHead<'_>) -> Option<String> {
         match self.worker.policy.websocket.identity.as_ref()? {
-            // Taken from the header map read once (`host::request_head`).
+            // Taken from the header map read once (`host::request_headers`).
             Identity::Header(_) => head.identity.as_deref().map(str::to_owned),
             Identity::Jwt {
                 metadata_namespace,
