@@ -73,8 +73,9 @@ impl<'a> Iterator for HeaderPairs<'a> {
 /// What the request path needs from the request headers.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 ///
-/// Values borrow from the serialized map wherever they are valid UTF-8 (they
-/// always are from Envoy): reading the head allocates nothing.
+/// Values borrow from the serialized map wherever they are valid UTF-8, so
+/// reading an ordinary head allocates nothing. Envoy passes bytes 0x80-0xff
+/// in values (obs-text): such a value is copied lossily (U+FFFD).
 pub struct RequestHead<'a> {
     pub path: Option<Cow<'a, str>>,
     /// The destination of an outbound call (egress mode).

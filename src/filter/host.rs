@@ -68,33 +68,32 @@ extern "C" {
 /// Only valid from the request headers on.
 pub fn cluster_name() -> Option<Vec<u8>> {
     const PATH: &[u8] = b"xds\0cluster_name";
+    handed_over(|data, size| {
+        // SAFETY: PATH outlives the call; the out-parameters are valid.
+        unsafe { proxy_get_property(PATH.as_ptr(), PATH.len(), data, size) }
+    })
+}
+
+/// The buffer a host call hands over through its out-parameters, if it
+/// succeeded and gave one.
+fn handed_over(call: impl FnOnce(*mut *mut u8, *mut usize) -> Status) -> Option<Vec<u8>> {
     let mut data: *mut u8 = std::ptr::null_mut();
     let mut size: usize = 0;
-    // SAFETY: as in `header_map`: on success the buffer was allocated through
-    // this module's allocator and is handed over.
-    unsafe {
-        if proxy_get_property(PATH.as_ptr(), PATH.len(), &mut data, &mut size) != Status::Ok
-            || data.is_null()
-        {
-            return None;
-        }
-        Some(Vec::from_raw_parts(data, size, size))
+    if call(&mut data, &mut size) != Status::Ok || data.is_null() {
+        return None;
     }
+    // SAFETY: on success the host hands over a buffer of `size` bytes that it
+    // allocated through this module's `proxy_on_memory_allocate` (the SDK's
+    // allocator), so this module owns it and frees it as a Vec.
+    Some(unsafe { Vec::from_raw_parts(data, size, size) })
 }
 
 /// A whole header map from one host call, serialized (see `headers`).
 fn header_map(map: MapType) -> Option<Vec<u8>> {
-    let mut data: *mut u8 = std::ptr::null_mut();
-    let mut size: usize = 0;
-    // SAFETY: on success the host hands over a buffer of `size` bytes that it
-    // allocated through this module's `proxy_on_memory_allocate` (the SDK's
-    // allocator), so this module owns it and frees it as a Vec.
-    unsafe {
-        if proxy_get_header_map_pairs(map, &mut data, &mut size) != Status::Ok || data.is_null() {
-            return None;
-        }
-        Some(Vec::from_raw_parts(data, size, size))
-    }
+    handed_over(|data, size| {
+        // SAFETY: the out-parameters are valid.
+        unsafe { proxy_get_header_map_pairs(map, data, size) }
+    })
 }
 
 /// The request headers from one host call, serialized: `RequestHead::read`

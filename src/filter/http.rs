@@ -377,7 +377,8 @@ impl HttpContext for EdgeGuardHttp {
         };
         if websocket {
             // The connection's state outlives this callback: the header map
-            // is freed before it is allocated, or it would sit beyond a hole.
+            // is freed before it is allocated (held meanwhile, it cost 14-16 B
+            // more per open WebSocket in the VM: BENCHMARKS.md, lever 13).
             let head = head.into_owned();
             drop(headers);
             return self.on_request(&head, method, true, end_of_stream);

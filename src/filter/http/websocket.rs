@@ -246,12 +246,8 @@ impl EdgeGuardHttp {
         }
         host::replace_body(buffer, 0, body_size, &replacement);
         // Towards the sender: with the next chunk that flows its way.
-        let towards_sender = match dir {
-            Direction::ClientToUpstream => Direction::UpstreamToClient,
-            Direction::UpstreamToClient => Direction::ClientToUpstream,
-        };
         let teardown = now.saturating_add(CLOSE_GRACE_MS);
-        ws.start_closing(reason, &[towards_sender], teardown);
+        ws.start_closing(reason, &[dir.opposite()], teardown);
         self.worker.schedule(self.id, &mut w, teardown);
         Action::Continue
     }
